@@ -1,0 +1,22 @@
+"""gradstore: store and study the gradients captured while training LLMs with DDP.
+
+    import gradstore
+    with gradstore.open("run.gs", "a") as gs:
+        gs.write("R_0_E_0_S_5_B_3/model.layers.0.mlp.up_proj.weight", array)
+    gs = gradstore.open("run.gs")
+    view = gs["R_0_E_0_S_5_B_3/model.layers.0.mlp.up_proj.weight"]
+"""
+from .errors import (ChecksumError, CodecError, FormatError, GradstoreError, KeyExistsError,
+                     LockedError, NotEncodableError, ReadOnlyError, UnknownCodecError)
+from .index import Entry
+from .keys import Key
+from .namespace import Problem
+from .store import Store, checksum, compact, open_store as open, parse_size, repair
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "open", "Store", "Key", "Entry", "Problem", "checksum", "repair", "compact", "parse_size",
+    "GradstoreError", "FormatError", "ChecksumError", "LockedError", "ReadOnlyError",
+    "KeyExistsError", "CodecError", "UnknownCodecError", "NotEncodableError", "__version__",
+]

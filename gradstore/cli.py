@@ -1,0 +1,224 @@
+"""The ``gradstore`` command: parse arguments, call the API, print.
+
+Every user mistake ends in one line on stderr and a non-zero exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from . import keys as keys_mod
+from .errors import GradstoreError
+from .store import compact, open_store, repair
+
+EXIT_ERROR = 2
+EXIT_DAMAGED = 1
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n}"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr, not a usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def int_filter(text: str):
+    try:
+        return keys_mod.parse_int_filter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_filters(p: argparse.ArgumentParser) -> None:
+    """The selection options shared by ls, export and report."""
+    p.add_argument("--rank", type=int_filter, help="e.g. 0, 0:4 or 0,2")
+    p.add_argument("--epoch", type=int_filter)
+    p.add_argument("--step", type=int_filter, help="e.g. 5, 10:20 (end exclusive) or 1,2,5")
+    p.add_argument("--bucket", type=int_filter)
+    p.add_argument("--module", action="append", help="glob, e.g. '*.mlp.*' (repeatable)")
+
+
+def filters_of(args: argparse.Namespace) -> dict:
+    return {"rank": args.rank, "epoch": args.epoch, "step": args.step,
+            "bucket": args.bucket, "module": args.module}
+
+
+def cmd_ls(args) -> int:
+    with open_store(args.path) as gs:
+        keys = gs.keys(**filters_of(args))
+        out = sys.stdout
+        for key in keys:
+            if args.long:
+                e = gs.entry(key)
+                shape = "x".join(map(str, e.shape)) or "scalar"
+                out.write(f"{key}\t{e.dtype}\t{shape}\t{e.payload_len}\n")
+            else:
+                out.write(key + "\n")
+    return 0
+
+
+def cmd_info(args) -> int:
+    with open_store(args.path) as gs:
+        info = gs.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    steps = info["steps"]
+    print(f"store        {info['path']}")
+    print(f"keys         {info['keys']}")
+    print(f"buckets      {info['buckets']}")
+    print(f"ranks        {_span(info['ranks'])}")
+    print(f"epochs       {_span(info['epochs'])}")
+    print(f"steps        {f'{steps[0]}..{steps[1]}' if steps else '-'}")
+    print(f"dtypes       {', '.join(f'{k}: {v}' for k, v in info['dtypes'].items()) or '-'}")
+    print(f"tensor bytes {human_bytes(info['tensor_bytes'])} ({info['tensor_bytes']})")
+    print(f"disk bytes   {human_bytes(info['disk_bytes'])} ({info['disk_bytes']})")
+    print(f"variants     {info['variants']}")
+    for name, segs in info["namespaces"].items():
+        print(f"namespace    {name}: {segs['data']} data segment(s), {segs['var']} variant segment(s)")
+    print(f"segment size {human_bytes(info['segment_size'])}")
+    return 0
+
+
+def _span(values: list[int]) -> str:
+    if not values:
+        return "-"
+    if values == list(range(values[0], values[-1] + 1)) and len(values) > 2:
+        return f"{values[0]}..{values[-1]} ({len(values)})"
+    return ", ".join(map(str, values))
+
+
+def cmd_get(args) -> int:
+    with open_store(args.path) as gs:
+        arr = gs.get(args.key, verify=True)
+        if args.output.endswith(".npy"):
+            if arr.dtype.name == "bfloat16":
+                print("gradstore: note: .npy has no bfloat16; widened to float32 (exact)", file=sys.stderr)
+                arr = arr.astype(np.float32)
+            np.save(args.output, arr)
+        else:
+            with open(args.output, "wb") as f:
+                f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+    print(f"{args.key}: {arr.dtype} {tuple(arr.shape)} -> {args.output}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    with open_store(args.path) as gs:
+        n = len(gs)
+        problems = gs.verify()
+    for p in problems:
+        print(f"DAMAGED {p}")
+    if problems:
+        print(f"gradstore: {len(problems)} damaged record(s) of {n} keys", file=sys.stderr)
+        return EXIT_DAMAGED
+    print(f"ok: {n} keys verified")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    counts = repair(args.path)
+    for name, n in counts.items():
+        print(f"{name}: index rebuilt from segments, {n} entries")
+    return 0
+
+
+def cmd_compact(args) -> int:
+    for name, (before, after) in compact(args.path).items():
+        print(f"{name}: {human_bytes(before)} -> {human_bytes(after)} "
+              f"(reclaimed {human_bytes(before - after)})")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from . import synth
+    from .store import parse_size
+    model = synth.ModelShape(hidden=args.hidden, layers=args.layers)
+    total = 0
+    nbuckets = 0
+    with open_store(args.path, "a") as gs:
+        for name, tensors in synth.run(args.ranks, args.epochs, args.steps, args.dtype, model,
+                                       bucket_bytes=parse_size(args.bucket_size), seed=args.seed):
+            gs.write_bucket(name, tensors)
+            total += sum(t.nbytes for t in tensors.values())
+            nbuckets += 1
+    print(f"wrote {nbuckets} buckets, {human_bytes(total)} of {args.dtype} gradients to {args.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="gradstore", description="Store and study DDP gradients.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ls", help="list keys")
+    p.add_argument("path")
+    p.add_argument("-l", "--long", action="store_true", help="also print dtype, shape and bytes")
+    add_filters(p)
+    p.set_defaults(run=cmd_ls)
+
+    p = sub.add_parser("info", help="counts, bytes, segments, dtypes")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("get", help="write one tensor to a .npy (or raw .bin) file")
+    p.add_argument("path")
+    p.add_argument("key")
+    p.add_argument("-o", "--output", required=True, help="out.npy, or any other name for raw bytes")
+    p.set_defaults(run=cmd_get)
+
+    p = sub.add_parser("verify", help="check every record's checksum; exit 1 if any is damaged")
+    p.add_argument("path")
+    p.set_defaults(run=cmd_verify)
+
+    p = sub.add_parser("repair", help="rebuild the index from the segments")
+    p.add_argument("path")
+    p.set_defaults(run=cmd_repair)
+
+    p = sub.add_parser("synth", help="write a realistic synthetic gradient run (for trying gradstore)")
+    p.add_argument("path")
+    p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--bucket-size", default="25MB", help="DDP bucket cap (default 25MB)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_synth)
+
+    p = sub.add_parser("compact", help="reclaim the space of overwritten records")
+    p.add_argument("path")
+    p.set_defaults(run=cmd_compact)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("gradstore: interrupted", file=sys.stderr)
+        return 130
+    except KeyError as exc:
+        print(f"gradstore: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+    except (GradstoreError, OSError, ValueError, TypeError) as exc:
+        print(f"gradstore: error: {exc}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

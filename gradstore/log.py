@@ -1,0 +1,149 @@
+"""Index log files and the snapshot file of a namespace (spec sections 5 and 6)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from . import format as fmt
+from .errors import FormatError
+from .segment import fsync_dir, write_all
+
+SNAPSHOT = "index.snap"
+_LOG_RE = re.compile(r"index-([0-9]{6,})\.log")
+
+
+def log_name(gen: int) -> str:
+    return f"index-{gen:06d}.log"
+
+
+def list_logs(ns_dir: Path) -> list[int]:
+    return sorted(int(m.group(1)) for n in os.listdir(ns_dir) if (m := _LOG_RE.fullmatch(n)))
+
+
+def read_snapshot(ns_dir: Path) -> dict | None:
+    """The snapshot body, None if there is none; FormatError if it is damaged."""
+    path = ns_dir / SNAPSHOT
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return fmt.unpack_snapshot(data, f"{ns_dir.name}/{SNAPSHOT}")
+
+
+def write_snapshot(ns_dir: Path, body: dict) -> None:
+    """Atomically replace the snapshot: write a temporary file, fsync, rename, fsync the dir."""
+    tmp = ns_dir / (SNAPSHOT + ".tmp")
+    data = fmt.pack_snapshot(body)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, [data])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, ns_dir / SNAPSHOT)
+    fsync_dir(ns_dir)
+
+
+def create_log(ns_dir: Path, gen: int) -> None:
+    """A new, empty, durable log of generation ``gen``."""
+    tmp = ns_dir / (log_name(gen) + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, [fmt.pack_log_header(gen)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, ns_dir / log_name(gen))
+    fsync_dir(ns_dir)
+
+
+class LogFollower:
+    """Reads a namespace's log entries as they are committed, across rotations."""
+
+    def __init__(self, ns_dir: Path, gen: int, offset: int):
+        self.dir = ns_dir
+        self.gen = gen
+        self.offset = offset
+        self.fd = self._open(gen)
+
+    def _open(self, gen: int) -> int:
+        fd = os.open(self.dir / log_name(gen), os.O_RDONLY)  # FileNotFoundError handled by callers
+        try:
+            head = os.pread(fd, fmt.LOG_HEADER_SIZE, 0)
+            got = fmt.check_log_header(head, f"{self.dir.name}/{log_name(gen)}")
+            if got != gen:
+                raise FormatError(f"{self.dir.name}/{log_name(gen)}: header says generation {got}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def read(self) -> list[list]:
+        """Entries committed since the last call (stops before a torn entry)."""
+        out: list[list] = []
+        while True:
+            final = (self.dir / log_name(self.gen + 1)).exists()
+            size = os.fstat(self.fd).st_size
+            if size > self.offset:
+                data = os.pread(self.fd, size - self.offset, self.offset)
+                entries, used = fmt.unpack_log_entries(data, 0)
+                out.extend(entries)
+                self.offset += used
+            if not final:
+                return out
+            # Log gen is final once gen+1 exists: move on.
+            fd = self._open(self.gen + 1)
+            os.close(self.fd)
+            self.fd, self.gen, self.offset = fd, self.gen + 1, fmt.LOG_HEADER_SIZE
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class LogWriter:
+    """Appends entries to the newest log with one write call each."""
+
+    def __init__(self, ns_dir: Path, gen: int, offset: int, fsync: bool):
+        self.dir = ns_dir
+        self.gen = gen
+        self.fsync = fsync
+        self.fd = os.open(ns_dir / log_name(gen), os.O_WRONLY)
+        os.ftruncate(self.fd, offset)  # drops a torn tail
+        self.offset = offset
+        self.dirty = False
+        self.count = 0
+
+    def append(self, body: list) -> None:
+        data = fmt.pack_log_entry(body)
+        try:
+            n = os.pwrite(self.fd, data, self.offset)
+            if n != len(data):
+                write_all_at(self.fd, data[n:], self.offset + n)
+        except BaseException:
+            os.ftruncate(self.fd, self.offset)
+            raise
+        self.offset += len(data)
+        self.count += 1
+        self.dirty = True
+        if self.fsync:
+            os.fsync(self.fd)
+
+    def sync(self) -> None:
+        if self.dirty:
+            os.fsync(self.fd)
+            self.dirty = False
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def write_all_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

@@ -1,0 +1,330 @@
+"""One namespace of a store: its segments, index log, snapshot and lock.
+
+A namespace has one writer at a time (the lock) and any number of readers.
+Recovery, rebuild and compaction live here because each is a statement about
+how segments and the index agree (spec/FORMAT.md section 9).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import format as fmt
+from .errors import FormatError, LockedError
+from .index import Entry, Index
+from .log import (LogFollower, LogWriter, SNAPSHOT, create_log, list_logs, log_name,
+                  read_snapshot, write_snapshot)
+from .segment import SegmentMaps, SegmentWriter, fsync_dir, list_segments, scan, segment_name
+
+STREAMS = (fmt.STREAM_DATA, fmt.STREAM_VAR)
+CHECKPOINT_EVERY = 65536   # log entries between automatic snapshots (at least)
+CHECKPOINT_ON_CLOSE = 1024  # a close snapshots if the log holds at least this many
+
+
+@dataclass
+class Problem:
+    """A damaged record or file found by verify()."""
+
+    key: str
+    segment: str
+    offset: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.segment} @ {self.offset}: {self.key}: {self.message}"
+
+
+class Namespace:
+    def __init__(self, store_dir: Path, name: str):
+        self.dir = store_dir / name
+        self.name = name
+        self.index = Index(name)
+        self.maps = SegmentMaps(self.dir)
+        self.follower: LogFollower | None = None
+        self.lock_fd: int | None = None
+        self.writers: dict[int, SegmentWriter] = {}
+        self.log: LogWriter | None = None
+
+    @property
+    def writable(self) -> bool:
+        return self.log is not None
+
+    def has_segments(self) -> bool:
+        return any(list_segments(self.dir, s) for s in STREAMS)
+
+    # -- loading ---------------------------------------------------------------
+
+    def _load(self) -> tuple[Index, LogFollower] | None:
+        """Index from the snapshot and logs; None when they are missing or damaged."""
+        for _attempt in range(5):
+            try:
+                snap = read_snapshot(self.dir)
+                if snap is None:
+                    logs = list_logs(self.dir)
+                    if not logs or logs[0] != 0:
+                        return None
+                    index, gen, offset = Index(self.name), 0, fmt.LOG_HEADER_SIZE
+                else:
+                    index = Index.from_snapshot(snap, self.name)
+                    gen, offset = snap["log"], snap["log_offset"]
+                follower = LogFollower(self.dir, gen, offset)
+            except FileNotFoundError:
+                if snap is not None:
+                    continue  # the writer rotated its log under us: read the new snapshot
+                return None
+            except (FormatError, KeyError, ValueError, TypeError):
+                return None
+            try:
+                for body in follower.read():
+                    index.add(Entry.from_log(body, self.name))
+            except (FormatError, ValueError, TypeError, KeyError):
+                follower.close()
+                return None
+            return index, follower
+        return None
+
+    def open_read(self) -> None:
+        loaded = self._load()
+        if loaded is not None:
+            self.index, self.follower = loaded
+        elif self.has_segments():
+            self.index = self._scan_all(truncate=False)  # no usable index: rebuild in memory
+        # else: a namespace still being created; refresh() will try again
+
+    def refresh(self) -> None:
+        if self.writable:
+            return
+        if self.follower is None:
+            self.open_read()
+            return
+        try:
+            bodies = self.follower.read()
+        except FileNotFoundError:  # rotated twice since we last looked
+            self.follower.close()
+            self.follower = None
+            self.open_read()
+            return
+        for body in bodies:
+            self.index.add(Entry.from_log(body, self.name))
+
+    # -- writing ---------------------------------------------------------------
+
+    def _lock(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(f"{self.dir}: namespace {self.name!r} is locked by another writer "
+                              f"({holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
+        self.lock_fd = fd
+
+    def open_write(self, segment_size: int, fsync: bool, truncate: bool = False) -> None:
+        """Take the lock, recover to the last committed record, get ready to append."""
+        self._lock()
+        try:
+            if truncate:
+                self._remove_all()
+            (self.dir / (SNAPSHOT + ".tmp")).unlink(missing_ok=True)
+            loaded = self._load()
+            if loaded is not None:
+                index, follower = loaded
+                gen, offset = follower.gen, follower.offset
+                follower.close()
+                if self._bounds_ok(index):
+                    self.index = index
+                    self.log = LogWriter(self.dir, gen, offset, fsync)
+                    self._discard_uncommitted(segment_size, fsync)
+                    return
+            self.rebuild(segment_size, fsync)
+        except BaseException:
+            self.close()
+            raise
+
+    def _remove_all(self) -> None:
+        for name in os.listdir(self.dir):
+            if name != "LOCK":
+                (self.dir / name).unlink()
+
+    def _bounds_ok(self, index: Index) -> bool:
+        for (stream, seq), end in index.high_water().items():
+            try:
+                if os.path.getsize(self.dir / segment_name(stream, seq)) < end:
+                    return False
+            except FileNotFoundError:
+                return False
+        return True
+
+    def _discard_uncommitted(self, segment_size: int, fsync: bool) -> None:
+        hw = self.index.high_water()
+        for stream in STREAMS:
+            segs = list_segments(self.dir, stream)
+            mine = {seq: end for (s, seq), end in hw.items() if s == stream}
+            last = max(mine) if mine else None
+            for seq in segs:
+                if last is None or seq > last:
+                    (self.dir / segment_name(stream, seq)).unlink()
+            writer = SegmentWriter(self.dir, stream, segment_size, fsync)
+            if last is not None:
+                writer.resume(last, mine[last])
+            else:
+                writer.seq = max(segs, default=-1)
+            self.writers[stream] = writer
+
+    def append(self, kind: int, meta: dict, payload, checksum: int) -> Entry:
+        """Write a record, then commit it with its log entry."""
+        header = fmt.pack_record_header(kind, meta, len(payload), checksum)
+        writer = self.writers[fmt.KIND_STREAM[kind]]
+        seq, offset = writer.append(header, payload)
+        extra = None
+        if kind == fmt.KIND_VARIANT:
+            extra = {k: v for k, v in meta.items() if k not in ("key", "dtype", "shape", "time")}
+        entry = Entry(kind, meta["key"], seq, offset, len(header), len(payload), meta["dtype"],
+                      tuple(meta["shape"]), checksum, meta["time"], extra, self.name)
+        try:
+            self.log.append(entry.to_log())
+        except BaseException:
+            os.ftruncate(writer.fd, offset)
+            writer.size = offset
+            raise
+        self.index.add(entry)
+        if self.log.count >= max(CHECKPOINT_EVERY, len(self.index) // 4):
+            self.checkpoint()
+        return entry
+
+    def sync(self) -> None:
+        for w in self.writers.values():
+            w.sync()
+        if self.log is not None:
+            self.log.sync()
+
+    def checkpoint(self) -> None:
+        """Snapshot the index and rotate the log (spec section 6)."""
+        self.sync()
+        gen = self.log.gen + 1
+        create_log(self.dir, gen)
+        write_snapshot(self.dir, self.index.to_snapshot(gen, fmt.LOG_HEADER_SIZE))
+        self.log.close()
+        self.log = LogWriter(self.dir, gen, fmt.LOG_HEADER_SIZE, self.log.fsync)
+        for old in list_logs(self.dir):
+            if old < gen:
+                (self.dir / log_name(old)).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        try:
+            if self.log is not None:
+                if self.log.count >= CHECKPOINT_ON_CLOSE:
+                    self.checkpoint()
+                self.sync()
+                fsync_dir(self.dir)
+        finally:
+            for w in self.writers.values():
+                w.close()
+            self.writers.clear()
+            if self.log is not None:
+                self.log.close()
+                self.log = None
+            if self.follower is not None:
+                self.follower.close()
+                self.follower = None
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)
+                self.lock_fd = None
+            self.maps.forget()
+
+    # -- rebuild, verify, compact -----------------------------------------------
+
+    def _scan_all(self, truncate: bool) -> Index:
+        """An index from the records themselves; optionally cut torn tails."""
+        index = Index(self.name)
+        for stream in STREAMS:
+            segs = list_segments(self.dir, stream)
+            for i, seq in enumerate(segs):
+                path = self.dir / segment_name(stream, seq)
+                try:
+                    records, end = scan(path)
+                except FormatError:  # shorter than a segment header: torn at creation
+                    if truncate and i == len(segs) - 1:
+                        path.unlink()
+                    continue
+                for offset, rec in records:
+                    if fmt.KIND_STREAM.get(rec.kind) == stream:
+                        index.add(Entry.from_record(rec, seq, offset, self.name))
+                if truncate and i == len(segs) - 1 and end < os.path.getsize(path):
+                    os.truncate(path, end)
+        return index
+
+    def rebuild(self, segment_size: int, fsync: bool) -> int:
+        """Rebuild the index from the segments and commit it. Returns the entry count."""
+        index = self._scan_all(truncate=True)
+        gen = max(list_logs(self.dir), default=-1) + 1
+        create_log(self.dir, gen)
+        if self.log is not None:
+            self.log.close()
+        self.log = LogWriter(self.dir, gen, fmt.LOG_HEADER_SIZE, fsync)
+        for e in index.entries():
+            self.log.append(e.to_log())
+        self.index = index
+        self.checkpoint()
+        for w in self.writers.values():
+            w.close()
+        self.writers.clear()
+        self._discard_uncommitted(segment_size, fsync)
+        return len(index)
+
+    def verify(self) -> list[Problem]:
+        """Check every live record's header and payload against the index."""
+        problems = []
+        for e in self.index.entries():
+            try:
+                m = self.maps.get(e.stream, e.seq, e.end)
+                rec = fmt.unpack_record_header(m, e.offset, e.segment)
+                if (rec.meta.get("key") != e.key or rec.payload_len != e.payload_len
+                        or rec.checksum != e.checksum or rec.header_len != e.header_len):
+                    raise FormatError("record header disagrees with the index")
+                if fmt.xxh3(memoryview(m)[e.payload_offset:e.payload_offset + e.payload_len]) != e.checksum:
+                    raise FormatError("payload checksum mismatch")
+            except (FormatError, FileNotFoundError) as exc:
+                problems.append(Problem(e.key, e.segment, e.offset, str(exc).split(": ")[-1]))
+        return problems
+
+    def compact(self) -> tuple[int, int]:
+        """Copy live records to new segments and drop the old ones.
+
+        Returns (bytes before, bytes after). Each copied record is committed
+        with a new log entry, so readers following the log see the move.
+        """
+        before = self.disk_bytes()
+        live = sorted(self.index.entries(), key=lambda e: (e.stream, e.seq, e.offset))
+        live_bytes = sum(e.end - e.offset for e in live)
+        old = {s: list_segments(self.dir, s) for s in STREAMS}
+        nsegs = sum(len(v) for v in old.values())
+        if before - nsegs * fmt.SEG_HEADER_SIZE <= live_bytes:
+            return before, before  # nothing to reclaim
+        for stream in STREAMS:
+            self.writers[stream].close()
+            self.writers[stream].seq = max(old[stream], default=-1)
+        for e in live:
+            m = self.maps.get(e.stream, e.seq, e.end)
+            seq, offset = self.writers[e.stream].append(memoryview(m)[e.offset:e.end], b"")
+            moved = e._replace(seq=seq, offset=offset)
+            self.log.append(moved.to_log())
+            self.index.add(moved)
+        self.checkpoint()
+        self.maps.forget()
+        for stream, seqs in old.items():
+            for seq in seqs:
+                (self.dir / segment_name(stream, seq)).unlink(missing_ok=True)
+        self.index = Index.from_snapshot(read_snapshot(self.dir), self.name)
+        return before, self.disk_bytes()
+
+    def disk_bytes(self) -> int:
+        return sum(os.path.getsize(self.dir / segment_name(s, q))
+                   for s in STREAMS for q in list_segments(self.dir, s))

@@ -1,0 +1,197 @@
+"""Append-only segment files: writing with rollover, mapping for reads, scanning."""
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import format as fmt
+from .errors import FormatError
+
+_SEG_RE = re.compile(r"(data|var)-([0-9]{6,})\.bin")
+_STREAM_BY_NAME = {v: k for k, v in fmt.STREAM_NAMES.items()}
+
+
+def segment_name(stream: int, seq: int) -> str:
+    return f"{fmt.STREAM_NAMES[stream]}-{seq:06d}.bin"
+
+
+def list_segments(ns_dir: Path, stream: int) -> list[int]:
+    """Sequence numbers of a stream's segments, ascending."""
+    out = []
+    for name in os.listdir(ns_dir):
+        m = _SEG_RE.fullmatch(name)
+        if m and _STREAM_BY_NAME[m.group(1)] == stream:
+            out.append(int(m.group(2)))
+    return sorted(out)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, buffers: list) -> None:
+    """writev until every buffer is written (the kernel may write less per call)."""
+    views = [memoryview(b).cast("B") for b in buffers if len(b)]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
+class SegmentWriter:
+    """Appends records to the newest segment of one stream, rolling over by size."""
+
+    def __init__(self, ns_dir: Path, stream: int, segment_size: int, fsync: bool):
+        self.dir = ns_dir
+        self.stream = stream
+        self.segment_size = segment_size
+        self.fsync = fsync
+        self.fd: int | None = None
+        self.seq = -1
+        self.size = 0
+        self.dirty = False
+
+    def resume(self, seq: int, size: int) -> None:
+        """Continue appending to segment ``seq`` whose valid bytes end at ``size``."""
+        self.close()
+        self.fd = os.open(self.dir / segment_name(self.stream, seq), os.O_RDWR)
+        os.ftruncate(self.fd, size)
+        os.lseek(self.fd, size, os.SEEK_SET)
+        self.seq, self.size = seq, size
+
+    def _start(self, seq: int) -> None:
+        path = self.dir / segment_name(self.stream, seq)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            write_all(fd, [fmt.pack_segment_header(self.stream, seq, time.time_ns())])
+            if self.fsync:
+                os.fsync(fd)
+                fsync_dir(self.dir)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        if self.fd is not None:
+            if self.fsync or self.dirty:
+                os.fsync(self.fd)
+            os.close(self.fd)
+        self.fd, self.seq, self.size = fd, seq, fmt.SEG_HEADER_SIZE
+        self.dirty = False
+
+    def append(self, header: bytes, payload) -> tuple[int, int]:
+        """Write one record; return (seq, record offset). All or nothing."""
+        plen = len(payload)
+        total = fmt.align(len(header) + plen)
+        if self.fd is None:
+            self._start(self.seq + 1)
+        elif self.size > fmt.SEG_HEADER_SIZE and self.size + total > self.segment_size:
+            self._start(self.seq + 1)
+        offset = self.size
+        try:
+            write_all(self.fd, [header, payload, bytes(total - len(header) - plen)])
+        except BaseException:
+            # A failed write (disk full, signal) must not leave half a record.
+            os.ftruncate(self.fd, offset)
+            raise
+        self.size = offset + total
+        self.dirty = True
+        if self.fsync:
+            os.fsync(self.fd)
+        return self.seq, offset
+
+    def sync(self) -> None:
+        if self.fd is not None and self.dirty:
+            os.fsync(self.fd)
+            self.dirty = False
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class SegmentMaps:
+    """Read-only memory maps of segments, remapped when a segment has grown."""
+
+    def __init__(self, ns_dir: Path):
+        self.dir = ns_dir
+        self._maps: dict[tuple[int, int], mmap.mmap] = {}
+
+    def get(self, stream: int, seq: int, end: int) -> mmap.mmap:
+        """A map of segment (stream, seq) that covers at least ``end`` bytes."""
+        m = self._maps.get((stream, seq))
+        if m is not None and len(m) >= end:
+            return m
+        path = self.dir / segment_name(stream, seq)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < end:
+                raise FormatError(f"{path.parent.name}/{path.name}: truncated, {size} bytes "
+                                  f"but the index needs {end}")
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # Views already handed out keep the old map alive; we only drop our reference.
+        self._maps[(stream, seq)] = m
+        return m
+
+    def forget(self) -> None:
+        self._maps.clear()
+
+
+def scan(path: Path, verify_payload: bool = False) -> tuple[list[tuple[int, fmt.RecordHeader]], int]:
+    """Valid records of a segment in offset order, skipping damaged ones.
+
+    After an invalid record the scan resynchronises on the next 64-aligned
+    record magic whose header checksum holds, so one damaged header does not
+    hide the records behind it. Returns the records as (offset, header) and
+    the offset where the last valid record ends, so callers can cut a torn
+    tail. A damaged segment header is not fatal: records check themselves.
+    """
+    where = f"{path.parent.name}/{path.name}"
+    records: list[tuple[int, fmt.RecordHeader]] = []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < fmt.SEG_HEADER_SIZE:
+            raise FormatError(f"{where}: truncated segment header ({size} of 64 bytes)")
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(buf)
+    pos = end = fmt.SEG_HEADER_SIZE
+    try:
+        while pos < size:
+            rec = _record_at(buf, view, pos, size, where, verify_payload)
+            if rec is not None:
+                records.append((pos, rec))
+                pos = end = pos + rec.total
+                continue
+            pos = buf.find(fmt.REC_MAGIC, pos + fmt.ALIGN)
+            while pos != -1 and pos % fmt.ALIGN:
+                pos = buf.find(fmt.REC_MAGIC, pos + 1)
+            if pos == -1:
+                break
+        return records, min(end, size)
+    finally:
+        view.release()
+        buf.close()
+
+
+def _record_at(buf, view, pos: int, size: int, where: str, verify_payload: bool):
+    try:
+        rec = fmt.unpack_record_header(buf, pos, where)
+    except FormatError:
+        return None
+    start = pos + rec.header_len
+    if start + rec.payload_len > size:
+        return None
+    if verify_payload and fmt.xxh3(view[start:start + rec.payload_len]) != rec.checksum:
+        return None
+    return rec

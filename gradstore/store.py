@@ -1,0 +1,436 @@
+"""Store: the public object behind ``gradstore.open``.
+
+A store is a directory of namespaces. This module decides which namespace
+a call touches; segments, logs and recovery are the namespace's business.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from . import dtypes
+from . import format as fmt
+from .arrays import as_array
+from .errors import FormatError, GradstoreError, KeyExistsError, ReadOnlyError
+from .index import Entry
+from .keys import Selector, check_key, is_bucket_name, select, try_parse
+from .namespace import Namespace, Problem
+from .segment import list_segments
+
+DEFAULT_SEGMENT_SIZE = 1 << 30  # 1 GiB: large sequential files, cheap to compact
+_NS_RE = re.compile(r"main|r(0|[1-9][0-9]*)")
+_SIZE_RE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kmgtp]?i?b?)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "p": 10**15, "pb": 10**15, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30, "tib": 2**40, "pib": 2**50}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string such as ``"1.8TB"``, ``"512MiB"`` or ``"4096"``."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        m = _SIZE_RE.fullmatch(str(size))
+        unit = (m.group(2) or "").lower() if m else None
+        if m is None or unit not in _UNITS:
+            raise ValueError(f"bad size {size!r} (use bytes or e.g. 512MB, 4GiB, 1.8TB)")
+        value = int(float(m.group(1)) * _UNITS[unit])
+    if value < 4096:
+        raise ValueError(f"segment size {size!r} is too small (minimum 4096 bytes)")
+    return value
+
+
+def checksum(array) -> int:
+    """The xxh3-64 the store records for ``array``'s bytes (C order, little-endian)."""
+    arr = as_array(array)
+    return fmt.xxh3(memoryview(arr.reshape(-1).view(np.uint8)))
+
+
+def payload_view(arr: np.ndarray) -> memoryview:
+    return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+class Store:
+    """A gradstore directory opened for reading ("r") or writing ("a", "w", "x")."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "r", *, rank: int | None = None,
+                 segment_size: int | str | None = None, fsync: bool = False):
+        if mode not in ("r", "a", "w", "x"):
+            raise ValueError(f"mode must be 'r', 'a', 'w' or 'x', not {mode!r}")
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
+            raise ValueError(f"rank must be a non-negative int, not {rank!r}")
+        self.path = Path(path)
+        self.mode = mode
+        self.rank = rank
+        self.fsync = fsync
+        self._namespaces: dict[str, Namespace] = {}
+        self._writer: Namespace | None = None
+        self._buckets: dict[str, list[str]] | None = None
+        self._closed = False
+        meta = self._open_marker(segment_size)
+        self.segment_size = parse_size(segment_size) if segment_size is not None else meta["segment_size"]
+        try:
+            if mode != "r":
+                name = "main" if rank is None else f"r{rank}"
+                if mode == "w" and rank is None:
+                    self._truncate_all()
+                ns = Namespace(self.path, name)
+                ns.open_write(self.segment_size, fsync, truncate=(mode == "w"))
+                self._writer = ns
+                self._namespaces[name] = ns
+            self._discover()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening ---------------------------------------------------------------
+
+    def _open_marker(self, segment_size) -> dict:
+        marker = self.path / fmt.MARKER
+        if self.mode == "x" and self.path.exists():
+            raise FileExistsError(f"{self.path}: already exists (mode 'x')")
+        if not marker.exists():
+            if self.mode == "r":
+                if not self.path.exists():
+                    raise FileNotFoundError(f"{self.path}: no such store")
+                raise FormatError(f"{self.path}: not a gradstore store (no {fmt.MARKER} file)")
+            if self.path.exists() and any(self.path.iterdir()):
+                raise FormatError(f"{self.path}: exists and is not a gradstore store")
+            self.path.mkdir(parents=True, exist_ok=True)
+            size = parse_size(segment_size) if segment_size is not None else DEFAULT_SEGMENT_SIZE
+            meta = {"format": "gradstore", "version": fmt.VERSION, "segment_size": size}
+            tmp = self.path / (fmt.MARKER + ".tmp")
+            tmp.write_text(json.dumps(meta) + "\n")
+            os.replace(tmp, marker)
+            return meta
+        try:
+            meta = json.loads(marker.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise FormatError(f"{marker}: damaged store marker") from None
+        if not isinstance(meta, dict) or meta.get("format") != "gradstore":
+            raise FormatError(f"{marker}: not a gradstore store marker")
+        if meta.get("version") != fmt.VERSION:
+            raise FormatError(f"{marker}: format version {meta.get('version')}, "
+                              f"this gradstore reads {fmt.VERSION}")
+        meta.setdefault("segment_size", DEFAULT_SEGMENT_SIZE)
+        return meta
+
+    def _truncate_all(self) -> None:
+        """Mode "w" without a rank: empty every namespace, each under its lock."""
+        held = []
+        try:
+            for name in self._namespace_names():
+                ns = Namespace(self.path, name)
+                ns._lock()
+                held.append(ns)
+            for ns in held:
+                ns._remove_all()
+        finally:
+            for ns in held:
+                ns.close()
+
+    def _namespace_names(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.path) if _NS_RE.fullmatch(n) and (self.path / n).is_dir())
+
+    def _discover(self) -> None:
+        for name in self._namespace_names():
+            if name not in self._namespaces:
+                ns = Namespace(self.path, name)
+                ns.open_read()
+                self._namespaces[name] = ns
+
+    def refresh(self) -> None:
+        """Pick up what other writers committed since open (or the last refresh)."""
+        self._check_open()
+        for ns in self._namespaces.values():
+            ns.refresh()
+        self._discover()
+        self._buckets = None
+
+    # -- reading ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GradstoreError(f"{self.path}: store is closed")
+
+    def _find(self, kind: int, id_: str) -> Entry | None:
+        found = None
+        for ns in self._namespaces.values():
+            e = ns.index.get(kind, id_)
+            if e is not None and (found is None or e.time > found.time):
+                found = e
+        return found
+
+    def entry(self, key: str) -> Entry:
+        """Where ``key`` is stored and what it holds; KeyError if it is not."""
+        self._check_open()
+        e = self._find(fmt.KIND_TENSOR, key) if isinstance(key, str) else None
+        if e is None:
+            raise KeyError(f"no such key in {self.path}: {key!r}")
+        return e
+
+    def _view(self, e: Entry) -> np.ndarray:
+        ns = self._namespaces[e.ns]
+        end = e.payload_offset + e.payload_len
+        try:
+            m = ns.maps.get(e.stream, e.seq, end)
+        except FileNotFoundError:
+            # Compacted since we last looked: follow the log to the new place.
+            self.refresh()
+            e = self._find(e.kind, e.id) or e
+            ns = self._namespaces[e.ns]
+            m = ns.maps.get(e.stream, e.seq, e.payload_offset + e.payload_len)
+        dt = dtypes.to_numpy(e.dtype)
+        count = e.payload_len // dt.itemsize
+        return np.frombuffer(m, dtype=dt, count=count, offset=e.payload_offset).reshape(e.shape)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        """A read-only numpy view of the mapped segment: no copy, no checksum."""
+        return self._view(self.entry(key))
+
+    def get(self, key: str, verify: bool = False) -> np.ndarray:
+        """Like ``store[key]``; with ``verify=True`` the payload checksum is checked first."""
+        e = self.entry(key)
+        arr = self._view(e)
+        if verify:
+            self._verify_payload(e, arr)
+        return arr
+
+    def _verify_payload(self, e: Entry, arr: np.ndarray) -> None:
+        from .errors import ChecksumError
+        if fmt.xxh3(payload_view(arr)) != e.checksum:
+            raise ChecksumError(f"checksum mismatch: key {e.key!r} in {e.segment} at offset "
+                                f"{e.offset}", key=e.key, segment=e.segment, offset=e.offset)
+
+    def torch(self, key: str, verify: bool = False):
+        """A torch tensor sharing memory with the mapped segment (bf16 included).
+
+        The mapping is read-only; writing to the tensor is not allowed.
+        """
+        from .torch.convert import buffer_to_tensor
+        e = self.entry(key)
+        arr = self._view(e)
+        if verify:
+            self._verify_payload(e, arr)
+        ns = self._namespaces[e.ns]
+        m = ns.maps.get(e.stream, e.seq, e.payload_offset + e.payload_len)
+        return buffer_to_tensor(m, e.dtype, e.shape, e.payload_offset)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._find(fmt.KIND_TENSOR, key) is not None
+
+    def _all_keys(self) -> set[str] | dict:
+        nss = list(self._namespaces.values())
+        if len(nss) == 1:
+            return nss[0].index.ids()
+        out: dict[str, None] = {}
+        for ns in nss:
+            out.update(dict.fromkeys(ns.index.ids()))
+        return out
+
+    def __len__(self) -> int:
+        return len(self._all_keys())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def keys(self, *, rank=None, epoch=None, step=None, bucket=None, module=None) -> list[str]:
+        """Keys in natural order, optionally filtered (ints, ranges or lists; module globs)."""
+        self._check_open()
+        return select(self._all_keys(), Selector(rank, epoch, step, bucket, module))
+
+    def _bucket_table(self) -> dict[str, list[str]]:
+        if self._buckets is None:
+            table: dict[str, list[str]] = {}
+            for key in self._all_keys():
+                head, sep, _ = key.partition("/")
+                if sep:
+                    table.setdefault(head, []).append(key)
+            self._buckets = table
+        return self._buckets
+
+    def buckets(self, *, rank=None, epoch=None, step=None, bucket=None) -> list[str]:
+        """Bucket names (``R_E_S_B``) in natural order, optionally filtered."""
+        sel = Selector(rank, epoch, step, bucket)
+        names = [b for b in self._bucket_table() if is_bucket_name(b)]
+        chosen = [b for b in names if sel.matches(try_parse(b + "/x"))]
+        return sorted(chosen, key=lambda b: try_parse(b + "/x")[:4])
+
+    def bucket(self, name: str) -> dict[str, np.ndarray]:
+        """{module: array} of one bucket, KeyError if it holds nothing."""
+        keys = self._bucket_table().get(name)
+        if not keys:
+            raise KeyError(f"no such bucket in {self.path}: {name!r}")
+        return {k[len(name) + 1:]: self[k] for k in sorted(keys)}
+
+    # -- writing ---------------------------------------------------------------
+
+    def _check_writable(self) -> Namespace:
+        self._check_open()
+        if self._writer is None:
+            raise ReadOnlyError(f"{self.path}: opened read-only (mode 'r'); open with mode 'a' to write")
+        return self._writer
+
+    def _prepare(self, key: str, value, overwrite: bool) -> tuple[str, np.ndarray]:
+        check_key(key)
+        if self.rank is not None:
+            parsed = try_parse(key)
+            if parsed is not None and parsed.rank != self.rank:
+                raise ValueError(f"key {key!r} belongs to rank {parsed.rank}, "
+                                 f"but this writer is rank {self.rank}")
+        arr = as_array(value, what=key)
+        if not overwrite and key in self:
+            raise KeyExistsError(f"key already stored (pass overwrite=True to replace it): {key!r}")
+        return key, arr
+
+    def _append(self, ns: Namespace, key: str, arr: np.ndarray) -> Entry:
+        payload = payload_view(arr)
+        meta = {"key": key, "dtype": dtypes.name_of(arr.dtype), "shape": list(arr.shape),
+                "time": time.time_ns()}
+        entry = ns.append(fmt.KIND_TENSOR, meta, payload, fmt.xxh3(payload))
+        if self._buckets is not None:
+            head, sep, _ = key.partition("/")
+            if sep and key not in self._buckets.setdefault(head, []):
+                self._buckets[head].append(key)
+        return entry
+
+    def write(self, key: str, value, *, overwrite: bool = False) -> Entry:
+        """Append one tensor. Returns once the record is committed (see spec section 5)."""
+        ns = self._check_writable()
+        key, arr = self._prepare(key, value, overwrite)
+        return self._append(ns, key, arr)
+
+    def write_bucket(self, name: str, tensors: Mapping[str, object], *,
+                     overwrite: bool = False) -> list[Entry]:
+        """Append every {module: tensor} of a bucket as ``name/module``.
+
+        All keys and values are checked before the first byte is written.
+        """
+        ns = self._check_writable()
+        if not isinstance(tensors, Mapping):
+            raise TypeError(f"write_bucket({name!r}): expected a mapping of module -> tensor")
+        check_key(name)
+        prepared = [self._prepare(f"{name}/{check_key(module)}", value, overwrite)
+                    for module, value in tensors.items()]
+        return [self._append(ns, key, arr) for key, arr in prepared]
+
+    def sync(self) -> None:
+        """Make everything written so far durable (fsync segments, log and directory)."""
+        ns = self._check_writable()
+        ns.sync()
+
+    # -- maintenance -----------------------------------------------------------
+
+    def verify(self) -> list[Problem]:
+        """Every damaged record of every namespace (empty when all is well)."""
+        self._check_open()
+        return [p for ns in self._namespaces.values() for p in ns.verify()]
+
+    def compact(self) -> tuple[int, int]:
+        """Reclaim the space of overwritten records in this writer's namespace."""
+        ns = self._check_writable()
+        self._buckets = None
+        return ns.compact()
+
+    def info(self) -> dict:
+        """Counts and sizes, as ``gradstore info`` prints them."""
+        self._check_open()
+        by_dtype: dict[str, int] = {}
+        raw = 0
+        nvariants = 0
+        for ns in self._namespaces.values():
+            for e in ns.index.entries(fmt.KIND_TENSOR):
+                by_dtype[e.dtype] = by_dtype.get(e.dtype, 0) + 1
+                raw += e.payload_len
+            nvariants += len(ns.index.ids(fmt.KIND_VARIANT))
+        segments = {name: {fmt.STREAM_NAMES[s]: len(list_segments_of(ns, s)) for s in (1, 2)}
+                    for name, ns in self._namespaces.items()}
+        keys = self._all_keys()
+        parsed = [k for k in (try_parse(x) for x in keys) if k is not None]
+        return {
+            "path": str(self.path),
+            "keys": len(keys),
+            "variants": nvariants,
+            "buckets": len({k.bucket_name for k in parsed}),
+            "ranks": sorted({k.rank for k in parsed}),
+            "epochs": sorted({k.epoch for k in parsed}),
+            "steps": (min(k.step for k in parsed), max(k.step for k in parsed)) if parsed else None,
+            "dtypes": dict(sorted(by_dtype.items())),
+            "tensor_bytes": raw,
+            "disk_bytes": sum(ns.disk_bytes() for ns in self._namespaces.values()),
+            "namespaces": segments,
+            "segment_size": self.segment_size,
+        }
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Commit durably (fsync) and release the lock. Views already returned stay valid."""
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for ns in self._namespaces.values():
+            try:
+                ns.close()
+            except Exception as exc:  # close the others, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"mode={self.mode!r}"
+        return f"<gradstore.Store {str(self.path)!r} {state}>"
+
+
+def list_segments_of(ns: Namespace, stream: int) -> list[int]:
+    return list_segments(ns.dir, stream) if ns.dir.exists() else []
+
+
+def open_store(path: str | os.PathLike, mode: str = "r", *, rank: int | None = None,
+         segment_size: int | str | None = None, fsync: bool = False) -> Store:
+    """Open a store: "r" read (default), "a" read/write/create, "w" truncate, "x" create new."""
+    return Store(path, mode, rank=rank, segment_size=segment_size, fsync=fsync)
+
+
+def repair(path: str | os.PathLike) -> dict[str, int]:
+    """Rebuild every namespace's index from its segments. Returns entries per namespace."""
+    store = Store(path, "r")
+    try:
+        names = store._namespace_names()
+        segment_size = store.segment_size
+    finally:
+        store.close()
+    out = {}
+    for name in names:
+        ns = Namespace(Path(path), name)
+        ns._lock()
+        try:
+            out[name] = ns.rebuild(segment_size, fsync=True)
+        finally:
+            ns.close()
+    return out
+
+
+def compact(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """Compact every namespace; each must be free of writers."""
+    with Store(path, "r") as store:
+        names = store._namespace_names()
+    out = {}
+    for name in names:
+        rank = None if name == "main" else int(name[1:])
+        with Store(path, "a", rank=rank) as st:
+            out[name] = st.compact()
+    return out
