@@ -29,6 +29,14 @@ MAX_KEY_BYTES = 4096
 xxh3 = xxhash.xxh3_64_intdigest
 
 
+def check_magic(buf, magic: bytes, version: int, what: str, where: str) -> None:
+    """FormatError unless ``buf`` starts with ``magic`` and a known ``version``."""
+    if buf[:len(magic)] != magic:
+        raise FormatError(f"{where}: not a gradstore {what} (bad magic)")
+    if version != VERSION:
+        raise FormatError(f"{where}: {what} format version {version}, this reader knows {VERSION}")
+
+
 def align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
@@ -54,11 +62,8 @@ def unpack_segment_header(buf: bytes, where: str) -> tuple[int, int]:
     """(stream, seq) of a segment header, or FormatError naming ``where``."""
     if len(buf) < SEG_HEADER_SIZE:
         raise FormatError(f"{where}: truncated segment header ({len(buf)} of 64 bytes)")
-    magic, version, stream, seq, _created = SEG_HEADER.unpack_from(buf)
-    if magic != SEG_MAGIC:
-        raise FormatError(f"{where}: not a gradstore segment (bad magic)")
-    if version != VERSION:
-        raise FormatError(f"{where}: segment format version {version}, this reader knows {VERSION}")
+    _magic, version, stream, seq, _created = SEG_HEADER.unpack_from(buf)
+    check_magic(buf, SEG_MAGIC, version, "segment", where)
     (check,) = struct.unpack_from("<Q", buf, SEG_HEADER.size)
     if check != xxh3(buf[:SEG_HEADER.size]):
         raise FormatError(f"{where}: segment header checksum mismatch")
@@ -108,11 +113,7 @@ def unpack_record_header(buf, offset: int, where: str) -> RecordHeader:
     if offset + REC_FIXED_SIZE > end:
         raise FormatError(f"{where} @ {offset}: truncated record header")
     magic, version, kind, meta_len, header_len, plen, pxxh = REC_FIXED.unpack_from(buf, offset)
-    if magic != REC_MAGIC:
-        raise FormatError(f"{where} @ {offset}: no record here (bad magic)")
-    if version != VERSION:
-        raise FormatError(f"{where} @ {offset}: record format version {version}, "
-                          f"this reader knows {VERSION}")
+    check_magic(magic, REC_MAGIC, version, "record", f"{where} @ {offset}")
     if header_len != align(REC_FIXED_SIZE + meta_len) or offset + header_len > end:
         raise FormatError(f"{where} @ {offset}: truncated or damaged record header")
     (hxxh,) = struct.unpack_from("<Q", buf, offset + REC_FIXED.size)
@@ -146,11 +147,8 @@ def pack_log_header(generation: int) -> bytes:
 def check_log_header(buf: bytes, where: str) -> int:
     if len(buf) < LOG_HEADER_SIZE:
         raise FormatError(f"{where}: truncated index log header")
-    magic, version, generation = LOG_HEADER.unpack_from(buf)
-    if magic != LOG_MAGIC:
-        raise FormatError(f"{where}: not a gradstore index log (bad magic)")
-    if version != VERSION:
-        raise FormatError(f"{where}: index log version {version}, this reader knows {VERSION}")
+    _magic, version, generation = LOG_HEADER.unpack_from(buf)
+    check_magic(buf, LOG_MAGIC, version, "index log", where)
     return generation
 
 
@@ -196,11 +194,8 @@ def pack_snapshot(body: dict) -> bytes:
 def unpack_snapshot(buf: bytes, where: str) -> dict:
     if len(buf) < SNAP_HEADER.size:
         raise FormatError(f"{where}: truncated snapshot")
-    magic, version, _zero, n, check = SNAP_HEADER.unpack_from(buf)
-    if magic != SNAP_MAGIC:
-        raise FormatError(f"{where}: not a gradstore snapshot (bad magic)")
-    if version != VERSION:
-        raise FormatError(f"{where}: snapshot version {version}, this reader knows {VERSION}")
+    _magic, version, _zero, n, check = SNAP_HEADER.unpack_from(buf)
+    check_magic(buf, SNAP_MAGIC, version, "snapshot", where)
     data = memoryview(buf)[SNAP_HEADER.size:]
     if len(data) != n or xxh3(data) != check:
         raise FormatError(f"{where}: snapshot is truncated or damaged")

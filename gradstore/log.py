@@ -112,6 +112,7 @@ class LogWriter:
         self.fsync = fsync
         self.fd = os.open(ns_dir / log_name(gen), os.O_WRONLY)
         os.ftruncate(self.fd, offset)  # drops a torn tail
+        os.lseek(self.fd, offset, os.SEEK_SET)
         self.offset = offset
         self.dirty = False
         self.count = 0
@@ -119,11 +120,10 @@ class LogWriter:
     def append(self, body: list) -> None:
         data = fmt.pack_log_entry(body)
         try:
-            n = os.pwrite(self.fd, data, self.offset)
-            if n != len(data):
-                write_all_at(self.fd, data[n:], self.offset + n)
+            write_all(self.fd, [data])
         except BaseException:
             os.ftruncate(self.fd, self.offset)
+            os.lseek(self.fd, self.offset, os.SEEK_SET)
             raise
         self.offset += len(data)
         self.count += 1
@@ -140,10 +140,3 @@ class LogWriter:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def write_all_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
