@@ -157,6 +157,46 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_encode(args) -> int:
+    with open_store(args.path, "a") as gs:
+        for spec in args.codec:
+            result = gs.encode(spec, progress=None if not args.quiet else False, **filters_of(args))
+            print(result)
+            for key, reason in result.failed.items():
+                print(f"not encodable: {key}: {reason}", file=sys.stderr)
+    return 0
+
+
+REPORT_COLUMNS = [
+    ("group", "{}"), ("codec", "{}"), ("keys", "{}"), ("elements", "{}"), ("raw_bytes", "{}"),
+    ("bits_per_element", "{:.3f}"), ("entropy_per_element", "{:.3f}"), ("efficiency", "{:.1%}"),
+    ("ratio_theory", "{:.4f}"), ("saving_theory", "{:.1%}"), ("ratio_os", "{:.4f}"),
+    ("saving_os", "{:.1%}"), ("max_abs_err", "{:.3g}"), ("rel_l2_err", "{:.3g}"),
+    ("not_encodable", "{}"),
+]
+
+
+def cmd_report(args) -> int:
+    group_by = tuple(g for g in (args.group_by or "").split(",") if g)
+    with open_store(args.path) as gs:
+        rows = gs.sizes(args.codec or [], group_by=group_by, **filters_of(args))
+    if args.csv:
+        import csv
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["group"])
+            writer.writeheader()
+            writer.writerows(rows)
+    table = [[("-" if r[c] is None else f.format(r[c])) for c, f in REPORT_COLUMNS] for r in rows]
+    head = [c for c, _ in REPORT_COLUMNS]
+    widths = [max([len(h)] + [len(t[i]) for t in table]) for i, h in enumerate(head)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for t in table:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+    if not rows:
+        print("(no keys matched)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="gradstore", description="Store and study DDP gradients.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -185,6 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("repair", help="rebuild the index from the segments")
     p.add_argument("path")
     p.set_defaults(run=cmd_repair)
+
+    p = sub.add_parser("encode", help="store encoded variants next to the raw tensors")
+    p.add_argument("path")
+    p.add_argument("--codec", action="append", required=True, help="codec spec, e.g. eg:k=auto,scale=1e6")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_filters(p)
+    p.set_defaults(run=cmd_encode)
+
+    p = sub.add_parser("report", help="side-by-side sizes, entropy and error per key or group")
+    p.add_argument("path")
+    p.add_argument("--codec", action="append", help="codec spec (repeatable)")
+    p.add_argument("--group-by", help="comma list of rank,epoch,step,bucket,module")
+    p.add_argument("--csv", help="also write every column to this CSV file")
+    add_filters(p)
+    p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("synth", help="write a realistic synthetic gradient run (for trying gradstore)")
     p.add_argument("path")

@@ -175,17 +175,24 @@ class Store:
             raise KeyError(f"no such key in {self.path}: {key!r}")
         return e
 
-    def _view(self, e: Entry) -> np.ndarray:
-        ns = self._namespaces[e.ns]
+    def _mapping(self, e: Entry):
+        """The segment map holding ``e``, following a compaction if need be."""
         end = e.payload_offset + e.payload_len
         try:
-            m = ns.maps.get(e.stream, e.seq, end)
+            return e, self._namespaces[e.ns].maps.get(e.stream, e.seq, end)
         except FileNotFoundError:
             # Compacted since we last looked: follow the log to the new place.
             self.refresh()
             e = self._find(e.kind, e.id) or e
-            ns = self._namespaces[e.ns]
-            m = ns.maps.get(e.stream, e.seq, e.payload_offset + e.payload_len)
+            return e, self._namespaces[e.ns].maps.get(e.stream, e.seq, e.payload_offset + e.payload_len)
+
+    def _payload(self, e: Entry) -> np.ndarray:
+        """The record's payload bytes as a read-only uint8 view."""
+        e, m = self._mapping(e)
+        return np.frombuffer(m, dtype=np.uint8, count=e.payload_len, offset=e.payload_offset)
+
+    def _view(self, e: Entry) -> np.ndarray:
+        e, m = self._mapping(e)
         dt = dtypes.to_numpy(e.dtype)
         count = e.payload_len // dt.itemsize
         return np.frombuffer(m, dtype=dt, count=count, offset=e.payload_offset).reshape(e.shape)
@@ -215,11 +222,9 @@ class Store:
         """
         from .torch.convert import buffer_to_tensor
         e = self.entry(key)
-        arr = self._view(e)
         if verify:
-            self._verify_payload(e, arr)
-        ns = self._namespaces[e.ns]
-        m = ns.maps.get(e.stream, e.seq, e.payload_offset + e.payload_len)
+            self._verify_payload(e, self._view(e))
+        e, m = self._mapping(e)
         return buffer_to_tensor(m, e.dtype, e.shape, e.payload_offset)
 
     def __contains__(self, key: object) -> bool:
@@ -324,6 +329,43 @@ class Store:
         """Make everything written so far durable (fsync segments, log and directory)."""
         ns = self._check_writable()
         ns.sync()
+
+    # -- encoded variants and accounting ----------------------------------------
+
+    def encode(self, spec, keys: list[str] | None = None, *, progress: bool | None = None,
+               **filters):
+        """Store the ``spec`` variant of each key (all, ``keys`` or a filter) next to it.
+
+        Idempotent: keys already encoded with ``spec`` from the same tensor are
+        skipped. Tensors the codec cannot represent (NaN, Inf, out of range)
+        are reported in the result, and the others go on.
+        """
+        from .variants import encode_into
+        return encode_into(self, spec, self.keys(**filters) if keys is None else keys, progress)
+
+    def variant(self, key: str, spec, verify: bool = False) -> np.ndarray:
+        """The stored ``spec`` variant of ``key``, decoded."""
+        from .variants import decode_variant
+        self._check_open()
+        return decode_variant(self, key, spec, verify)
+
+    def variant_specs(self, key: str) -> list[str]:
+        """Codec specs of the variants stored for ``key``."""
+        prefix = key + "\0"
+        return sorted({i[len(prefix):] for ns in self._namespaces.values()
+                       for i in ns.index.ids(fmt.KIND_VARIANT) if i.startswith(prefix)})
+
+    def sizes(self, codecs=(), keys: list[str] | None = None, group_by=(), *,
+              progress: bool | None = None, **filters) -> list[dict]:
+        """Rows of side-by-side sizes per key (or per group) for the raw data and each codec."""
+        from .accounting import sizes
+        self._check_open()
+        if isinstance(codecs, str):
+            codecs = [codecs]
+        if isinstance(group_by, str):
+            group_by = tuple(g for g in group_by.split(",") if g)
+        return sizes(self, list(codecs), self.keys(**filters) if keys is None else keys,
+                     tuple(group_by), progress)
 
     # -- maintenance -----------------------------------------------------------
 

@@ -1,0 +1,132 @@
+"""Encoded variants stored next to the raw records (kind 2, stream "var").
+
+A variant is identified by (key, canonical codec spec) and remembers the
+checksum of the tensor it encodes, so re-encoding is idempotent and a
+variant of an overwritten tensor is recognisably stale.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import format as fmt
+from .errors import CodecError, NotEncodableError
+
+def codec_of(spec):
+    from .codecs.registry import get_codec
+    return get_codec(spec)
+
+
+def error_metrics(raw: np.ndarray, decoded: np.ndarray) -> dict:
+    """max abs error and relative L2 error, with the sums that let groups aggregate."""
+    if raw.size == 0:
+        return {"max_abs": 0.0, "rel_l2": 0.0, "sq_err": 0.0, "sq_ref": 0.0}
+    ref = raw.astype(np.float64, copy=False)
+    diff = decoded.astype(np.float64) - ref
+    sq_err = float(np.dot(diff.reshape(-1), diff.reshape(-1)))
+    sq_ref = float(np.dot(ref.reshape(-1), ref.reshape(-1)))
+    rel = (sq_err / sq_ref) ** 0.5 if sq_ref > 0 else (0.0 if sq_err == 0 else float("inf"))
+    return {"max_abs": float(np.max(np.abs(diff))), "rel_l2": rel, "sq_err": sq_err, "sq_ref": sq_ref}
+
+
+@dataclass
+class Trial:
+    """One tensor through one codec: what the payload costs and how well it decodes."""
+
+    payload: bytes
+    nbits: int
+    lossless: bool
+    entropy_bits: float | None
+    info: dict
+    err: dict | None
+
+
+def trial(codec, raw: np.ndarray) -> Trial:
+    """Encode, then decode and compare, so every reported size really decodes.
+
+    Raises NotEncodableError for tensors the codec cannot represent and
+    CodecError if the payload does not decode back as it must.
+    """
+    enc = codec.encode(raw)
+    decoded = codec.decode(enc.payload, raw.dtype, raw.shape)
+    if decoded.shape != raw.shape or decoded.dtype != raw.dtype:
+        raise CodecError(f"{codec.spec}: decoded {decoded.dtype}{decoded.shape}, "
+                         f"expected {raw.dtype}{raw.shape}")
+    lossless = codec.is_lossless(raw.dtype)
+    err = None
+    if lossless:
+        if raw.reshape(-1).view(np.uint8).tobytes() != decoded.reshape(-1).view(np.uint8).tobytes():
+            raise CodecError(f"{codec.spec}: claims to be lossless but did not round-trip")
+    else:
+        err = error_metrics(raw, decoded)
+    info = dict(enc.info)
+    info["nsymbols"] = enc.nsymbols
+    return Trial(bytes(enc.payload), int(enc.nbits), lossless, enc.entropy_bits, info, err)
+
+
+def variant_meta(key: str, raw_entry, codec, t: Trial) -> dict:
+    meta = {"key": key, "dtype": raw_entry.dtype, "shape": list(raw_entry.shape),
+            "time": time.time_ns(), "codec": codec.spec, "nbits": t.nbits,
+            "src": raw_entry.checksum, "lossless": t.lossless,
+            "info": dict(t.info, entropy_bits=t.entropy_bits)}
+    if t.err is not None:
+        meta["err"] = t.err
+    return meta
+
+
+def record_bytes(meta: dict, payload_len: int) -> int:
+    """Bytes a record with this meta and payload takes on disk, padding included."""
+    header = fmt.pack_record_header(fmt.KIND_VARIANT, meta, payload_len, 0)
+    return fmt.align(len(header) + payload_len)
+
+
+@dataclass
+class EncodeResult:
+    """What ``Store.encode`` did, key by key."""
+
+    spec: str
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)   # key -> reason (not encodable)
+
+    def __str__(self) -> str:
+        return (f"{self.spec}: {len(self.written)} encoded, {len(self.skipped)} already there, "
+                f"{len(self.failed)} not encodable")
+
+
+def encode_into(store, spec, keys, progress: bool | None = None) -> EncodeResult:
+    """Write the ``spec`` variant of each key into ``store``'s writer namespace."""
+    from .progress import bar
+    ns = store._check_writable()
+    codec = codec_of(spec)
+    result = EncodeResult(codec.spec)
+    for key in bar(keys, "encode", progress):
+        raw_entry = store.entry(key)
+        have = store._find(fmt.KIND_VARIANT, f"{key}\0{codec.spec}")
+        if have is not None and have.extra.get("src") == raw_entry.checksum:
+            result.skipped.append(key)
+            continue
+        try:
+            t = trial(codec, store[key])
+        except NotEncodableError as exc:
+            result.failed[key] = str(exc)
+            continue
+        ns.append(fmt.KIND_VARIANT, variant_meta(key, raw_entry, codec, t), t.payload,
+                  fmt.xxh3(t.payload))
+        result.written.append(key)
+    return result
+
+
+def decode_variant(store, key: str, spec, verify: bool = False) -> np.ndarray:
+    codec = codec_of(spec)
+    e = store._find(fmt.KIND_VARIANT, f"{key}\0{codec.spec}")
+    if e is None:
+        raise KeyError(f"no {codec.spec!r} variant of {key!r} in {store.path} "
+                       f"(run encode first; stored: {', '.join(store.variant_specs(key)) or 'none'})")
+    payload = store._payload(e)
+    if verify:
+        store._verify_payload(e, payload)
+    from .dtypes import to_numpy
+    return codec.decode(payload, to_numpy(e.dtype), e.shape)
