@@ -349,6 +349,12 @@ class Store:
         self._check_open()
         return decode_variant(self, key, spec, verify)
 
+    def variant_entry(self, key: str, spec) -> Entry:
+        """The index entry of a stored variant: ``extra`` holds nbits, err, info."""
+        from .variants import find_variant
+        self._check_open()
+        return find_variant(self, key, spec)[1]
+
     def variant_specs(self, key: str) -> list[str]:
         """Codec specs of the variants stored for ``key``."""
         prefix = key + "\0"

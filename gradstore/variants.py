@@ -119,12 +119,18 @@ def encode_into(store, spec, keys, progress: bool | None = None) -> EncodeResult
     return result
 
 
-def decode_variant(store, key: str, spec, verify: bool = False) -> np.ndarray:
+def find_variant(store, key: str, spec):
+    """(codec, entry) of the stored ``spec`` variant of ``key``; KeyError if there is none."""
     codec = codec_of(spec)
     e = store._find(fmt.KIND_VARIANT, f"{key}\0{codec.spec}")
     if e is None:
         raise KeyError(f"no {codec.spec!r} variant of {key!r} in {store.path} "
                        f"(run encode first; stored: {', '.join(store.variant_specs(key)) or 'none'})")
+    return codec, e
+
+
+def decode_variant(store, key: str, spec, verify: bool = False) -> np.ndarray:
+    codec, e = find_variant(store, key, spec)
     payload = store._payload(e)
     if verify:
         store._verify_payload(e, payload)
