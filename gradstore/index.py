@@ -1,8 +1,10 @@
 """The in-memory offset table of one namespace, and its columnar snapshot form.
 
-Rows loaded from a snapshot stay in numpy columns and become Entry tuples
-only when asked for, so opening a store of a million keys costs one msgpack
-unpack of the key list and one dict build, not a million objects.
+Rows loaded from a snapshot stay in numpy arrays: the keys as one UTF-8 blob,
+a sorted column of key hashes to find a row in O(log n), and the fields as a
+structured array. Opening a store of a million keys therefore creates no
+per-key Python objects; an Entry is built when a key is asked for. Entries
+appended since the snapshot live in a plain dict and shadow the base rows.
 """
 from __future__ import annotations
 
@@ -87,6 +89,12 @@ def entry_id(kind: int, key: str, extra: dict | None) -> str:
 _U64 = np.dtype("<u8")
 _COLS = {"kind": "u1", "dtype": "u1", "ndim": "u1", "seq": "<u4", "hlen": "<u4",
          "offset": "<u8", "plen": "<u8", "checksum": "<u8", "time": "<i8"}
+_REC = np.dtype([(name, dt) for name, dt in _COLS.items()])
+_KINDS = (fmt.KIND_TENSOR, fmt.KIND_VARIANT)
+
+
+def id_hash(id_: str) -> int:
+    return fmt.xxh3(id_.encode("utf-8"))
 
 
 class Index:
@@ -94,132 +102,190 @@ class Index:
 
     def __init__(self, ns: str):
         self.ns = ns
-        self.rows: dict[int, dict[str, int]] = {fmt.KIND_TENSOR: {}, fmt.KIND_VARIANT: {}}
-        self._cols: dict[str, np.ndarray] = {}
-        self._keys: list[str] = []
+        self._n = 0                                  # rows in the base (from a snapshot)
+        self._rec = np.zeros(0, _REC)
+        self._dims = np.zeros(0, _U64)
         self._dim_start = np.zeros(1, np.int64)
+        self._blob = b""                             # base keys, NUL-joined UTF-8
+        self._kstart = np.zeros(1, np.int64)         # key r is blob[kstart[r]:kstart[r+1]-1]
+        self._hash = np.zeros(0, _U64)               # id hashes, sorted
+        self._order = np.zeros(0, np.int64)          # base row of each sorted hash
         self._extra: dict[int, dict] = {}
-        self._nbase = 0
-        self._tail: list[Entry] = []
-        self.superseded = 0       # rows replaced by a later entry for the same id
+        self._overridden: set[int] = set()           # base rows shadowed by the tail
+        self._tail: dict[int, dict[str, Entry]] = {k: {} for k in _KINDS}
+        self._count = {k: 0 for k in _KINDS}
+        self._base_keys: list[str] | None = None
+        self.superseded = 0                          # entries replaced by a later one
 
     # -- reading -------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.rows[fmt.KIND_TENSOR])
+        return self._count[fmt.KIND_TENSOR]
+
+    def _key_bytes(self, row: int) -> bytes:
+        return self._blob[self._kstart[row]:self._kstart[row + 1] - 1]
+
+    def _base_row(self, kind: int, id_: str) -> int | None:
+        if not self._n:
+            return None
+        h = id_hash(id_)
+        i = int(np.searchsorted(self._hash, np.uint64(h)))
+        want = id_.encode("utf-8")
+        while i < self._n and int(self._hash[i]) == h:
+            row = int(self._order[i])
+            if self._rec[row]["kind"] == kind:
+                got = self._key_bytes(row)
+                if kind == fmt.KIND_VARIANT:
+                    got += b"\0" + self._extra[row]["codec"].encode("utf-8")
+                if got == want:
+                    return row
+            i += 1
+        return None
 
     def entry_at(self, row: int) -> Entry:
-        if row >= self._nbase:
-            return self._tail[row - self._nbase]
-        c = self._cols
-        ndim = int(c["ndim"][row])
+        kind, dt, ndim, seq, hlen, offset, plen, check, t = self._rec[row].item()
         start = int(self._dim_start[row])
-        shape = tuple(int(d) for d in c["dims"][start:start + ndim]) if ndim else ()
-        return Entry(int(c["kind"][row]), self._keys[row], int(c["seq"][row]), int(c["offset"][row]),
-                     int(c["hlen"][row]), int(c["plen"][row]), dtypes.NAMES[c["dtype"][row]], shape,
-                     int(c["checksum"][row]), int(c["time"][row]), self._extra.get(row), self.ns)
+        shape = tuple(self._dims[start:start + ndim].tolist())
+        key = self._key_bytes(row).decode("utf-8")
+        return Entry(kind, key, seq, offset, hlen, plen, dtypes.NAMES[dt], shape, check, t,
+                     self._extra.get(row), self.ns)
 
     def get(self, kind: int, id_: str) -> Entry | None:
-        row = self.rows[kind].get(id_)
+        e = self._tail[kind].get(id_)
+        if e is not None:
+            return e
+        row = self._base_row(kind, id_)
         return None if row is None else self.entry_at(row)
 
-    def ids(self, kind: int = fmt.KIND_TENSOR):
-        return self.rows[kind].keys()
+    def _live_base_rows(self, kind: int | None = None) -> np.ndarray:
+        mask = np.ones(self._n, bool)
+        if kind is not None:
+            mask &= self._rec["kind"] == kind
+        if self._overridden:
+            mask[np.fromiter(self._overridden, np.int64)] = False
+        return np.flatnonzero(mask)
+
+    def ids(self, kind: int = fmt.KIND_TENSOR) -> list[str]:
+        """Live entry ids of one kind: base rows first, then later entries."""
+        if self._base_keys is None:
+            self._base_keys = self._blob[:-1].decode("utf-8").split("\0") if self._n else []
+        keys = self._base_keys
+        rows = self._live_base_rows(kind)
+        if len(rows) == self._n:
+            out = list(keys)
+        elif kind == fmt.KIND_VARIANT:
+            out = [f"{keys[r]}\0{self._extra[r]['codec']}" for r in rows.tolist()]
+        else:
+            out = [keys[r] for r in rows.tolist()]
+        out.extend(self._tail[kind])
+        return out
 
     def entries(self, kind: int | None = None):
-        kinds = (kind,) if kind is not None else tuple(self.rows)
-        for k in kinds:
-            for row in self.rows[k].values():
-                yield self.entry_at(row)
+        for r in self._live_base_rows(kind).tolist():
+            yield self.entry_at(r)
+        for k in ((kind,) if kind is not None else _KINDS):
+            yield from self._tail[k].values()
 
     def high_water(self) -> dict[tuple[int, int], int]:
-        """(stream, seq) -> end of the last record any row points into there."""
+        """(stream, seq) -> end of the last record any entry points into there."""
         hw: dict[tuple[int, int], int] = {}
-        if self._nbase:
-            c = self._cols
-            ends = (c["offset"] + c["hlen"].astype(np.uint64) + c["plen"] + np.uint64(fmt.ALIGN - 1)) \
+        if self._n:
+            r = self._rec
+            ends = (r["offset"] + r["hlen"].astype(np.uint64) + r["plen"] + np.uint64(fmt.ALIGN - 1)) \
                 & ~np.uint64(fmt.ALIGN - 1)
-            pairs = c["kind"].astype(np.uint64) << np.uint64(32) | c["seq"].astype(np.uint64)
-            for pair in np.unique(pairs):
-                k = (fmt.KIND_STREAM[int(pair >> np.uint64(32))], int(pair & np.uint64(0xFFFFFFFF)))
+            pairs = r["kind"].astype(np.uint64) << np.uint64(32) | r["seq"].astype(np.uint64)
+            for pair in np.unique(pairs).tolist():
+                k = (fmt.KIND_STREAM[pair >> 32], pair & 0xFFFFFFFF)
                 hw[k] = int(ends[pairs == pair].max())
-        for e in self._tail:
-            k = (e.stream, e.seq)
-            if e.end > hw.get(k, 0):
-                hw[k] = e.end
+        for table in self._tail.values():
+            for e in table.values():
+                k = (e.stream, e.seq)
+                if e.end > hw.get(k, 0):
+                    hw[k] = e.end
         return hw
 
     # -- changing ------------------------------------------------------------
 
     def add(self, entry: Entry) -> None:
-        table = self.rows[entry.kind]
+        kind = entry.kind
         id_ = entry.id
+        table = self._tail[kind]
         if id_ in table:
             self.superseded += 1
-        table[id_] = self._nbase + len(self._tail)
-        self._tail.append(entry)
+        else:
+            row = self._base_row(kind, id_)
+            if row is not None and row not in self._overridden:
+                self._overridden.add(row)
+                self.superseded += 1
+            else:
+                self._count[kind] += 1
+        table[id_] = entry
 
     # -- snapshot form ---------------------------------------------------------
 
     def to_snapshot(self, log: int, log_offset: int) -> dict:
-        """Columns over the live rows, as spec/FORMAT.md section 6 lays out."""
-        live = np.fromiter((r for t in self.rows.values() for r in t.values()), np.int64)
-        live.sort()
-        base = live[live < self._nbase]
-        tail = [self._tail[r - self._nbase] for r in live[live >= self._nbase]]
-        cols: dict[str, np.ndarray] = {}
-        for name, dt in _COLS.items():
-            head = self._cols[name][base] if self._nbase else np.zeros(0, dt)
-            cols[name] = np.concatenate([head.astype(dt), self._tail_column(tail, name, dt)])
+        """Columns over the live entries, as spec/FORMAT.md section 6 lays out."""
+        base = self._live_base_rows()
+        tail = [e for k in _KINDS for e in self._tail[k].values()]
+        rec = np.concatenate([self._rec[base], np.array(
+            [(e.kind, dtypes.CODE[e.dtype], len(e.shape), e.seq, e.header_len, e.offset,
+              e.payload_len, e.checksum, e.time) for e in tail], _REC)])
         dims_parts = []
         if len(base):
-            nd = self._cols["ndim"][base].astype(np.int64)
+            nd = self._rec["ndim"][base].astype(np.int64)
             starts = self._dim_start[base]
             idx = np.repeat(starts - np.concatenate([[0], np.cumsum(nd)[:-1]]), nd) + np.arange(nd.sum())
-            dims_parts.append(self._cols["dims"][idx])
+            dims_parts.append(self._dims[idx])
         dims_parts.append(np.fromiter((d for e in tail for d in e.shape), _U64))
-        keys = [self._keys[r] for r in base] + [e.key for e in tail]
+        base_keys = [self._key_bytes(r) for r in base.tolist()]
+        keys = base_keys + [e.key.encode("utf-8") for e in tail]
         extra = {}
-        for i, r in enumerate(live):
-            e = self._extra.get(int(r)) if r < self._nbase else self._tail[r - self._nbase].extra
-            if e is not None:
-                extra[i] = e
-        body = {"n": len(live), "log": log, "log_offset": log_offset, "keys": keys, "extra": extra,
-                "dims": np.concatenate(dims_parts).astype(_U64).tobytes()}
-        body.update({name: col.tobytes() for name, col in cols.items()})
+        for i, r in enumerate(base.tolist()):
+            if r in self._extra:
+                extra[i] = self._extra[r]
+        for i, e in enumerate(tail, start=len(base)):
+            if e.extra is not None:
+                extra[i] = e.extra
+        hashes = np.fromiter(
+            (fmt.xxh3(k + b"\0" + extra[i]["codec"].encode("utf-8")) if rec["kind"][i] == fmt.KIND_VARIANT
+             else fmt.xxh3(k) for i, k in enumerate(keys)), _U64, count=len(keys))
+        order = np.argsort(hashes, kind="stable")
+        body = {"n": len(keys), "log": log, "log_offset": log_offset,
+                "keys": b"\0".join(keys) + (b"\0" if keys else b""), "extra": extra,
+                "dims": np.concatenate(dims_parts).astype(_U64).tobytes(),
+                "hash": hashes[order].tobytes(), "order": order.astype("<u4").tobytes()}
+        body.update({name: np.ascontiguousarray(rec[name]).astype(dt).tobytes()
+                     for name, dt in _COLS.items()})
         return body
-
-    @staticmethod
-    def _tail_column(tail: list[Entry], name: str, dt: str) -> np.ndarray:
-        get = {
-            "kind": lambda e: e.kind, "dtype": lambda e: dtypes.CODE[e.dtype],
-            "ndim": lambda e: len(e.shape), "seq": lambda e: e.seq, "hlen": lambda e: e.header_len,
-            "offset": lambda e: e.offset, "plen": lambda e: e.payload_len,
-            "checksum": lambda e: e.checksum, "time": lambda e: e.time,
-        }[name]
-        return np.fromiter((get(e) for e in tail), np.dtype(dt), count=len(tail))
 
     @classmethod
     def from_snapshot(cls, body: dict, ns: str) -> "Index":
         idx = cls(ns)
         n = body["n"]
-        idx._cols = {name: np.frombuffer(body[name], np.dtype(dt)) for name, dt in _COLS.items()}
-        idx._cols["dims"] = np.frombuffer(body["dims"], _U64)
-        if any(len(c) != n for name, c in idx._cols.items() if name != "dims"):
-            raise ValueError("snapshot columns disagree in length")
-        nd = idx._cols["ndim"].astype(np.int64)
-        idx._dim_start = np.concatenate([[0], np.cumsum(nd)]).astype(np.int64)
-        if idx._dim_start[-1] != len(idx._cols["dims"]):
+        rec = np.empty(n, _REC)
+        for name, dt in _COLS.items():
+            col = np.frombuffer(body[name], np.dtype(dt))
+            if len(col) != n:
+                raise ValueError(f"snapshot column {name} has {len(col)} rows, expected {n}")
+            rec[name] = col
+        idx._rec = rec
+        idx._dims = np.frombuffer(body["dims"], _U64)
+        idx._dim_start = np.concatenate([[0], np.cumsum(rec["ndim"], dtype=np.int64)])
+        if idx._dim_start[-1] != len(idx._dims):
             raise ValueError("snapshot shapes disagree with ndim")
-        idx._keys = body["keys"]
+        blob = body["keys"]
+        seps = np.flatnonzero(np.frombuffer(blob, np.uint8) == 0)
+        if len(seps) != n:
+            raise ValueError("snapshot key list disagrees with n")
+        idx._blob = blob
+        idx._kstart = np.concatenate([[0], seps + 1]).astype(np.int64)
+        idx._hash = np.frombuffer(body["hash"], _U64)
+        idx._order = np.frombuffer(body["order"], "<u4").astype(np.int64)
+        if len(idx._hash) != n or len(idx._order) != n:
+            raise ValueError("snapshot hash columns disagree with n")
         idx._extra = {int(k): v for k, v in body["extra"].items()}
-        idx._nbase = n
-        kinds = idx._cols["kind"]
-        tensor_rows = np.flatnonzero(kinds == fmt.KIND_TENSOR)
-        if len(tensor_rows) == n:
-            idx.rows[fmt.KIND_TENSOR] = dict(zip(idx._keys, range(n)))
-        else:
-            for r in range(n):
-                kind = int(kinds[r])
-                idx.rows[kind][entry_id(kind, idx._keys[r], idx._extra.get(r))] = r
+        idx._n = n
+        kinds = rec["kind"]
+        for k in _KINDS:
+            idx._count[k] = int(np.count_nonzero(kinds == k))
         return idx

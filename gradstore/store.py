@@ -230,7 +230,7 @@ class Store:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._find(fmt.KIND_TENSOR, key) is not None
 
-    def _all_keys(self) -> set[str] | dict:
+    def _all_keys(self) -> list[str] | dict:
         nss = list(self._namespaces.values())
         if len(nss) == 1:
             return nss[0].index.ids()
@@ -240,7 +240,8 @@ class Store:
         return out
 
     def __len__(self) -> int:
-        return len(self._all_keys())
+        nss = list(self._namespaces.values())
+        return len(nss[0].index) if len(nss) == 1 else len(self._all_keys())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
