@@ -22,6 +22,7 @@ _BY_NAME: dict[str, np.dtype] = {
     for name in NAMES
 }
 CODE: dict[str, int] = {name: i for i, name in enumerate(NAMES)}
+_NAME_BY_DTYPE: dict[np.dtype, str] = {dt: name for name, dt in _BY_NAME.items()}
 
 
 def to_numpy(name: str) -> np.dtype:
@@ -34,6 +35,9 @@ def to_numpy(name: str) -> np.dtype:
 
 def name_of(dtype: np.dtype) -> str:
     """The on-disk name of a numpy dtype, or ValueError if gradstore cannot store it."""
+    name = _NAME_BY_DTYPE.get(dtype)  # fast path: numpy's dtype.name is slow
+    if name is not None:
+        return name
     dtype = np.dtype(dtype)
     if dtype == _BY_NAME["bfloat16"]:
         return "bfloat16"
