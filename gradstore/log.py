@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import format as fmt
 from .errors import FormatError
-from .segment import fsync_dir, write_all
+from .segment import FileHandle, fsync_dir, write_all
 
 SNAPSHOT = "index.snap"
 _LOG_RE = re.compile(r"index-([0-9]{6,})\.log")
@@ -58,7 +58,7 @@ def create_log(ns_dir: Path, gen: int) -> None:
     fsync_dir(ns_dir)
 
 
-class LogFollower:
+class LogFollower(FileHandle):
     """Reads a namespace's log entries as they are committed, across rotations."""
 
     def __init__(self, ns_dir: Path, gen: int, offset: int):
@@ -97,13 +97,8 @@ class LogFollower:
             os.close(self.fd)
             self.fd, self.gen, self.offset = fd, self.gen + 1, fmt.LOG_HEADER_SIZE
 
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
-
-class LogWriter:
+class LogWriter(FileHandle):
     """Appends entries to the newest log with one write call each."""
 
     def __init__(self, ns_dir: Path, gen: int, offset: int, fsync: bool):
@@ -130,13 +125,3 @@ class LogWriter:
         self.dirty = True
         if self.fsync:
             os.fsync(self.fd)
-
-    def sync(self) -> None:
-        if self.dirty:
-            os.fsync(self.fd)
-            self.dirty = False
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None

@@ -49,7 +49,24 @@ def write_all(fd: int, buffers: list) -> None:
             views[0] = views[0][n:]
 
 
-class SegmentWriter:
+class FileHandle:
+    """An open file descriptor; for writers, whether it needs an fsync."""
+
+    fd: int | None = None
+    dirty = False
+
+    def sync(self) -> None:
+        if self.fd is not None and self.dirty:
+            os.fsync(self.fd)
+            self.dirty = False
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class SegmentWriter(FileHandle):
     """Appends records to the newest segment of one stream, rolling over by size."""
 
     def __init__(self, ns_dir: Path, stream: int, segment_size: int, fsync: bool):
@@ -109,16 +126,6 @@ class SegmentWriter:
         if self.fsync:
             os.fsync(self.fd)
         return self.seq, offset
-
-    def sync(self) -> None:
-        if self.fd is not None and self.dirty:
-            os.fsync(self.fd)
-            self.dirty = False
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class SegmentMaps:
