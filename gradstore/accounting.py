@@ -60,18 +60,32 @@ def _measure(store, key: str, raw_entry, codec):
 
 
 def sizes(store, codecs, keys: list[str], group_by: tuple[str, ...] = (),
-          progress: bool | None = None) -> list[dict]:
-    """One row per (group, codec), plus the raw baseline, in key order."""
-    from .progress import bar
+          progress: bool | None = None, jobs: int = 1) -> list[dict]:
+    """One row per (group, codec), plus the raw baseline, in key order.
+
+    With ``jobs > 1`` the keys are shared among worker processes, each with
+    its own read-only view of the store; their sums merge exactly.
+    """
     bad = [g for g in group_by if g not in GROUP_FIELDS]
     if bad:
         raise ValueError(f"cannot group by {', '.join(bad)}; choose from {', '.join(GROUP_FIELDS)}")
     codec_objs = [codec_of(c) for c in codecs]
+    specs = [c.spec for c in codec_objs]
+    if jobs > 1 and len(keys) > 1:
+        accs, order = _parallel(store.path, specs, keys, tuple(group_by), jobs, progress)
+    else:
+        from .progress import bar
+        accs, order = _accumulate(store, codec_objs, bar(keys, "report", progress), tuple(group_by))
+    return [_row(group, spec, accs.get((group, spec), _Acc()))
+            for group in order for spec in ["raw"] + specs]
+
+
+def _accumulate(store, codec_objs, keys, group_by):
     accs: dict[tuple[str, str], _Acc] = {}
     order: list[str] = []
-    for key in bar(keys, "report", progress):
+    for key in keys:
         raw_entry = store.entry(key)
-        group = _group_of(key, tuple(group_by))
+        group = _group_of(key, group_by)
         if (group, "raw") not in accs:
             order.append(group)
         n = 1
@@ -104,11 +118,46 @@ def sizes(store, codecs, keys: list[str], group_by: tuple[str, ...] = (),
                 acc.max_abs = max(acc.max_abs, err["max_abs"])
                 acc.sq_err += err["sq_err"]
                 acc.sq_ref += err["sq_ref"]
-    rows = []
-    for group in order:
-        for spec in ["raw"] + [c.spec for c in codec_objs]:
-            rows.append(_row(group, spec, accs.get((group, spec), _Acc())))
-    return rows
+    return accs, order
+
+
+def _work(path, specs, keys, group_by):
+    from .store import open_store
+    with open_store(path) as store:
+        return _accumulate(store, [codec_of(s) for s in specs], keys, group_by)
+
+
+def _parallel(path, specs, keys, group_by, jobs, progress):
+    """Chunks of keys to a process pool; merge the partial sums in key order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from .progress import bar
+    size = max(1, min(256, len(keys) // (jobs * 4) or 1))
+    chunks = [keys[i:i + size] for i in range(0, len(keys), size)]
+    accs: dict[tuple[str, str], _Acc] = {}
+    order: list[str] = []
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding maps and threads
+    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(_work, path, specs, chunk, group_by) for chunk in chunks]
+        for fut in bar(futures, "report", progress, unit="chunk"):
+            part, part_order = fut.result()
+            for group in part_order:
+                if (group, "raw") not in accs:
+                    order.append(group)
+            for k, a in part.items():
+                accs[k] = _merge(accs[k], a) if k in accs else a
+    return accs, order
+
+
+def _merge(a: _Acc, b: _Acc) -> _Acc:
+    return _Acc(
+        keys=a.keys + b.keys, not_encodable=a.not_encodable + b.not_encodable,
+        elements=a.elements + b.elements, raw_bytes=a.raw_bytes + b.raw_bytes,
+        raw_disk=a.raw_disk + b.raw_disk, bits=a.bits + b.bits, payload=a.payload + b.payload,
+        disk=a.disk + b.disk, entropy=a.entropy + b.entropy,
+        entropy_known=a.entropy_known and b.entropy_known, max_abs=max(a.max_abs, b.max_abs),
+        sq_err=a.sq_err + b.sq_err, sq_ref=a.sq_ref + b.sq_ref, lossless=a.lossless and b.lossless,
+        dtypes=a.dtypes | b.dtypes)
 
 
 def _add_raw(acc: _Acc, raw_entry, n: int, raw_disk: int) -> None:

@@ -179,7 +179,7 @@ REPORT_COLUMNS = [
 def cmd_report(args) -> int:
     group_by = tuple(g for g in (args.group_by or "").split(",") if g)
     with open_store(args.path) as gs:
-        rows = gs.sizes(args.codec or [], group_by=group_by, **filters_of(args))
+        rows = gs.sizes(args.codec or [], group_by=group_by, jobs=args.jobs, **filters_of(args))
     if args.csv:
         import csv
         with open(args.csv, "w", newline="") as f:
@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", action="append", help="codec spec (repeatable)")
     p.add_argument("--group-by", help="comma list of rank,epoch,step,bucket,module")
     p.add_argument("--csv", help="also write every column to this CSV file")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (default 1)")
     add_filters(p)
     p.set_defaults(run=cmd_report)
 

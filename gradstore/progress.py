@@ -19,4 +19,5 @@ def bar(items: Iterable, desc: str, enabled: bool | None = None, **kwargs) -> It
         from tqdm import tqdm
     except ImportError:
         return items
-    return tqdm(items, desc=desc, unit="key", **kwargs)
+    kwargs.setdefault("unit", "key")
+    return tqdm(items, desc=desc, **kwargs)

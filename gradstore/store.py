@@ -363,8 +363,11 @@ class Store:
                        for i in ns.index.ids(fmt.KIND_VARIANT) if i.startswith(prefix)})
 
     def sizes(self, codecs=(), keys: list[str] | None = None, group_by=(), *,
-              progress: bool | None = None, **filters) -> list[dict]:
-        """Rows of side-by-side sizes per key (or per group) for the raw data and each codec."""
+              progress: bool | None = None, jobs: int = 1, **filters) -> list[dict]:
+        """Rows of side-by-side sizes per key (or per group) for the raw data and each codec.
+
+        ``jobs`` > 1 spreads the keys over that many worker processes.
+        """
         from .accounting import sizes
         self._check_open()
         if isinstance(codecs, str):
@@ -372,7 +375,7 @@ class Store:
         if isinstance(group_by, str):
             group_by = tuple(g for g in group_by.split(",") if g)
         return sizes(self, list(codecs), self.keys(**filters) if keys is None else keys,
-                     tuple(group_by), progress)
+                     tuple(group_by), progress, jobs)
 
     # -- maintenance -----------------------------------------------------------
 

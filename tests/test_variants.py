@@ -143,3 +143,14 @@ def test_report_cli(store, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "Traceback" not in bad.stderr
+
+
+def test_parallel_sizes_equal_serial(store):
+    with gradstore.open(store) as gs:
+        specs = [EG, "zlib"]
+        serial = gs.sizes(specs, group_by=("step",))
+        parallel = gs.sizes(specs, group_by=("step",), jobs=2)
+        per_key_serial = gs.sizes(specs)
+        per_key_parallel = gs.sizes(specs, jobs=2)
+    assert parallel == serial
+    assert per_key_parallel == per_key_serial
