@@ -157,8 +157,13 @@ def pack_log_entry(body: list) -> bytes:
     return LOG_FRAME.pack(len(data), xxh3(data)) + data
 
 
-def unpack_log_entries(buf, start: int) -> tuple[list, int]:
-    """Complete, intact entries from ``start``; and the offset after the last one."""
+def unpack_log_entries(buf, start: int) -> tuple[list, int, bool]:
+    """Complete, intact entries from ``start``; the offset after the last one;
+    and whether reading stopped at damage rather than at a torn tail.
+
+    An incomplete last entry is a torn tail (a crash mid-append, or a writer
+    still appending). A complete entry whose checksum fails is damage.
+    """
     out = []
     pos = start
     end = len(buf)
@@ -170,14 +175,14 @@ def unpack_log_entries(buf, start: int) -> tuple[list, int]:
             break
         data = bytes(buf[pos + frame:body_end])
         if xxh3(data) != check:
-            break
+            return out, pos, True
         try:
             body = msgpack.unpackb(data, raw=False, use_list=True)
         except Exception:
-            break
+            return out, pos, True
         out.append(body)
         pos = body_end
-    return out, pos
+    return out, pos, False
 
 
 # -- snapshot -----------------------------------------------------------------

@@ -80,18 +80,30 @@ class LogFollower(FileHandle):
         return fd
 
     def read(self) -> list[list]:
-        """Entries committed since the last call (stops before a torn entry)."""
+        """Entries committed since the last call (stops before a torn entry).
+
+        Raises FileNotFoundError when the log was rotated away twice since
+        the last call (the caller reloads from the snapshot), and FormatError
+        when a complete entry is damaged.
+        """
         out: list[list] = []
         while True:
             final = (self.dir / log_name(self.gen + 1)).exists()
             size = os.fstat(self.fd).st_size
             if size > self.offset:
                 data = os.pread(self.fd, size - self.offset, self.offset)
-                entries, used = fmt.unpack_log_entries(data, 0)
+                entries, used, damaged = fmt.unpack_log_entries(data, 0)
                 out.extend(entries)
                 self.offset += used
+                if damaged:
+                    raise FormatError(f"{self.dir.name}/{log_name(self.gen)} @ {self.offset}: "
+                                      "damaged index log entry")
             if not final:
-                return out
+                if os.fstat(self.fd).st_nlink == 0 and not (self.dir / log_name(self.gen + 1)).exists():
+                    raise FileNotFoundError(f"{self.dir.name}/{log_name(self.gen)} was rotated away")
+                if os.fstat(self.fd).st_nlink:
+                    return out
+                continue
             # Log gen is final once gen+1 exists: move on.
             fd = self._open(self.gen + 1)
             os.close(self.fd)

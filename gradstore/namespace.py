@@ -58,13 +58,19 @@ class Namespace:
     # -- loading ---------------------------------------------------------------
 
     def _load(self) -> tuple[Index, LogFollower] | None:
-        """Index from the snapshot and logs; None when they are missing or damaged."""
+        """Index from the snapshot and logs; None when they are missing or damaged.
+
+        Without a snapshot only an empty namespace may be loaded from logs
+        alone: every namespace gets a snapshot when it is created, so segments
+        without one mean the index was lost or a rebuild was cut short.
+        """
         for _attempt in range(5):
+            snap = None
             try:
                 snap = read_snapshot(self.dir)
                 if snap is None:
                     logs = list_logs(self.dir)
-                    if not logs or logs[0] != 0:
+                    if not logs or logs[0] != 0 or self.has_segments():
                         return None
                     index, gen, offset = Index(self.name), 0, fmt.LOG_HEADER_SIZE
                 else:
@@ -80,6 +86,9 @@ class Namespace:
             try:
                 for body in follower.read():
                     index.add(Entry.from_log(body, self.name))
+            except FileNotFoundError:
+                follower.close()
+                continue
             except (FormatError, ValueError, TypeError, KeyError):
                 follower.close()
                 return None
@@ -91,7 +100,12 @@ class Namespace:
         if loaded is not None:
             self.index, self.follower = loaded
         elif self.has_segments():
-            self.index = self._scan_all(truncate=False)  # no usable index: rebuild in memory
+            for _attempt in range(5):  # no usable index: rebuild in memory
+                try:
+                    self.index = self._scan_all(truncate=False)
+                    break
+                except FileNotFoundError:  # a compaction removed a segment meanwhile
+                    continue
         # else: a namespace still being created; refresh() will try again
 
     def refresh(self) -> None:
@@ -102,7 +116,7 @@ class Namespace:
             return
         try:
             bodies = self.follower.read()
-        except FileNotFoundError:  # rotated twice since we last looked
+        except (FileNotFoundError, FormatError):  # rotated twice since we looked, or damaged
             self.follower.close()
             self.follower = None
             self.open_read()
@@ -191,8 +205,7 @@ class Namespace:
         try:
             self.log.append(entry.to_log())
         except BaseException:
-            os.ftruncate(writer.fd, offset)
-            writer.size = offset
+            writer.rollback(offset)
             raise
         self.index.add(entry)
         if self.log.count >= max(CHECKPOINT_EVERY, len(self.index) // 4):
@@ -207,12 +220,15 @@ class Namespace:
 
     def checkpoint(self) -> None:
         """Snapshot the index and rotate the log (spec section 6)."""
+        self._rotate(self.log.gen + 1, self.log.fsync)
+
+    def _rotate(self, gen: int, fsync: bool) -> None:
         self.sync()
-        gen = self.log.gen + 1
         create_log(self.dir, gen)
         write_snapshot(self.dir, self.index.to_snapshot(gen, fmt.LOG_HEADER_SIZE))
-        self.log.close()
-        self.log = LogWriter(self.dir, gen, fmt.LOG_HEADER_SIZE, self.log.fsync)
+        if self.log is not None:
+            self.log.close()
+        self.log = LogWriter(self.dir, gen, fmt.LOG_HEADER_SIZE, fsync)
         for old in list_logs(self.dir):
             if old < gen:
                 (self.dir / log_name(old)).unlink(missing_ok=True)
@@ -262,22 +278,18 @@ class Namespace:
         return index
 
     def rebuild(self, segment_size: int, fsync: bool) -> int:
-        """Rebuild the index from the segments and commit it. Returns the entry count."""
-        index = self._scan_all(truncate=True)
-        gen = max(list_logs(self.dir), default=-1) + 1
-        create_log(self.dir, gen)
-        if self.log is not None:
-            self.log.close()
-        self.log = LogWriter(self.dir, gen, fmt.LOG_HEADER_SIZE, fsync)
-        for e in index.entries():
-            self.log.append(e.to_log())
-        self.index = index
-        self.checkpoint()
+        """Rebuild the index from the segments and commit it. Returns the entry count.
+
+        The new index is published as one snapshot (atomic rename), so a crash
+        during a rebuild leaves either the old state or the new one.
+        """
+        self.index = self._scan_all(truncate=True)
+        self._rotate(max(list_logs(self.dir), default=-1) + 1, fsync)
         for w in self.writers.values():
             w.close()
         self.writers.clear()
         self._discard_uncommitted(segment_size, fsync)
-        return len(index)
+        return len(self.index)
 
     def verify(self) -> list[Problem]:
         """Check every live record's header and payload against the index."""

@@ -83,9 +83,14 @@ class SegmentWriter(FileHandle):
         """Continue appending to segment ``seq`` whose valid bytes end at ``size``."""
         self.close()
         self.fd = os.open(self.dir / segment_name(self.stream, seq), os.O_RDWR)
+        self.seq = seq
+        self.rollback(size)
+
+    def rollback(self, size: int) -> None:
+        """Cut the segment back to ``size`` bytes and append from there."""
         os.ftruncate(self.fd, size)
         os.lseek(self.fd, size, os.SEEK_SET)
-        self.seq, self.size = seq, size
+        self.size = size
 
     def _start(self, seq: int) -> None:
         path = self.dir / segment_name(self.stream, seq)
@@ -119,7 +124,7 @@ class SegmentWriter(FileHandle):
             write_all(self.fd, [header, payload, bytes(total - len(header) - plen)])
         except BaseException:
             # A failed write (disk full, signal) must not leave half a record.
-            os.ftruncate(self.fd, offset)
+            self.rollback(offset)
             raise
         self.size = offset + total
         self.dirty = True

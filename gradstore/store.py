@@ -5,6 +5,7 @@ a call touches; segments, logs and recovery are the namespace's business.
 """
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -17,11 +18,11 @@ import numpy as np
 from . import dtypes
 from . import format as fmt
 from .arrays import as_array
-from .errors import FormatError, GradstoreError, KeyExistsError, ReadOnlyError
+from .errors import ChecksumError, FormatError, GradstoreError, KeyExistsError, ReadOnlyError
 from .index import Entry
 from .keys import Selector, check_key, is_bucket_name, select, try_parse
 from .namespace import Namespace, Problem
-from .segment import list_segments
+from .segment import fsync_dir, list_segments
 
 DEFAULT_SEGMENT_SIZE = 1 << 30  # 1 GiB: large sequential files, cheap to compact
 _NS_RE = re.compile(r"main|r(0|[1-9][0-9]*)")
@@ -100,15 +101,7 @@ class Store:
                 if not self.path.exists():
                     raise FileNotFoundError(f"{self.path}: no such store")
                 raise FormatError(f"{self.path}: not a gradstore store (no {fmt.MARKER} file)")
-            if self.path.exists() and any(self.path.iterdir()):
-                raise FormatError(f"{self.path}: exists and is not a gradstore store")
-            self.path.mkdir(parents=True, exist_ok=True)
-            size = parse_size(segment_size) if segment_size is not None else DEFAULT_SEGMENT_SIZE
-            meta = {"format": "gradstore", "version": fmt.VERSION, "segment_size": size}
-            tmp = self.path / (fmt.MARKER + ".tmp")
-            tmp.write_text(json.dumps(meta) + "\n")
-            os.replace(tmp, marker)
-            return meta
+            self._create_marker(marker, segment_size)
         try:
             meta = json.loads(marker.read_text())
         except (ValueError, UnicodeDecodeError):
@@ -120,6 +113,33 @@ class Store:
                               f"this gradstore reads {fmt.VERSION}")
         meta.setdefault("segment_size", DEFAULT_SEGMENT_SIZE)
         return meta
+
+    def _create_marker(self, marker: Path, segment_size) -> None:
+        """Create the store marker; safe when several ranks create the store at once.
+
+        Each writer links its own complete temporary file into place; the
+        first link wins and the others read the winner's marker.
+        """
+        if self.path.exists():
+            foreign = [n for n in os.listdir(self.path)
+                       if not (n.startswith(fmt.MARKER + ".tmp") or _NS_RE.fullmatch(n))]
+            if foreign:
+                raise FormatError(f"{self.path}: exists and is not a gradstore store")
+        self.path.mkdir(parents=True, exist_ok=True)
+        size = parse_size(segment_size) if segment_size is not None else DEFAULT_SEGMENT_SIZE
+        meta = {"format": "gradstore", "version": fmt.VERSION, "segment_size": size}
+        tmp = self.path / f"{fmt.MARKER}.tmp.{os.getpid()}.{time.time_ns()}"
+        try:
+            tmp.write_text(json.dumps(meta) + "\n")
+            with builtins.open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, marker)
+            except FileExistsError:
+                pass  # another writer created the store first; use its marker
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(self.path)
 
     def _truncate_all(self) -> None:
         """Mode "w" without a rank: empty every namespace, each under its lock."""
@@ -192,10 +212,15 @@ class Store:
         return np.frombuffer(m, dtype=np.uint8, count=e.payload_len, offset=e.payload_offset)
 
     def _view(self, e: Entry) -> np.ndarray:
+        return self._located_view(e)[1]
+
+    def _located_view(self, e: Entry) -> tuple[Entry, np.ndarray]:
+        """(the entry as found, a view of its payload) — after a compaction the
+        entry is the moved one, so checksums are checked against the right bytes."""
         e, m = self._mapping(e)
         dt = dtypes.to_numpy(e.dtype)
         count = e.payload_len // dt.itemsize
-        return np.frombuffer(m, dtype=dt, count=count, offset=e.payload_offset).reshape(e.shape)
+        return e, np.frombuffer(m, dtype=dt, count=count, offset=e.payload_offset).reshape(e.shape)
 
     def __getitem__(self, key: str) -> np.ndarray:
         """A read-only numpy view of the mapped segment: no copy, no checksum."""
@@ -203,14 +228,12 @@ class Store:
 
     def get(self, key: str, verify: bool = False) -> np.ndarray:
         """Like ``store[key]``; with ``verify=True`` the payload checksum is checked first."""
-        e = self.entry(key)
-        arr = self._view(e)
+        e, arr = self._located_view(self.entry(key))
         if verify:
             self._verify_payload(e, arr)
         return arr
 
     def _verify_payload(self, e: Entry, arr: np.ndarray) -> None:
-        from .errors import ChecksumError
         if fmt.xxh3(payload_view(arr)) != e.checksum:
             raise ChecksumError(f"checksum mismatch: key {e.key!r} in {e.segment} at offset "
                                 f"{e.offset}", key=e.key, segment=e.segment, offset=e.offset)
@@ -221,10 +244,9 @@ class Store:
         The mapping is read-only; writing to the tensor is not allowed.
         """
         from .torch.convert import buffer_to_tensor
-        e = self.entry(key)
+        e, m = self._mapping(self.entry(key))
         if verify:
             self._verify_payload(e, self._view(e))
-        e, m = self._mapping(e)
         return buffer_to_tensor(m, e.dtype, e.shape, e.payload_offset)
 
     def __contains__(self, key: object) -> bool:

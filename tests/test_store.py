@@ -368,7 +368,7 @@ def test_golden_store_reads_and_writes_the_same_bytes(tmp_path):
     fresh = tmp_path / "v1.gs"
     write_golden(fresh)
     names = sorted(p.relative_to(golden).as_posix() for p in golden.rglob("*") if p.is_file())
-    assert names == ["GRADSTORE", "main/data-000000.bin", "main/index-000001.log", "main/index.snap"]
+    assert names == ["GRADSTORE", "main/data-000000.bin", "main/index-000000.log", "main/index.snap"]
     for name in names:
         assert (fresh / name).read_bytes() == (golden / name).read_bytes(), name
 
