@@ -1,0 +1,364 @@
+"""The ``eg`` codec: quantize, then Exp-Golomb code, as in BackSlash (ICML 2025).
+
+Spec: ``eg:k=<0..62|auto>,scale=<float>,sign=<bit|bit-nonzero|zigzag>,remap=<none|rank>,zeros=<plain|run>``
+(defaults ``k=0,scale=1e6,sign=bit,remap=none,zeros=plain``: the original coder).
+
+Symbols
+-------
+A float x becomes q = rint(float64(x) * scale), an int64 (round half to even,
+as Python's round()).  Integer and bool inputs are coded directly, q = x,
+and losslessly.  |q| must be below 2**62; NaN, Inf and larger values raise
+NotEncodableError.  Decoding gives float64(q) * (1 / scale), rounded to the
+input dtype (float32/float64 directly; float16/bfloat16 by numpy's astype
+from float64).
+
+Each q is turned into an unsigned v and an optional sign bit s:
+
+* ``sign=bit``: v = |q|, then s on every value (0 for q >= 0, 1 for q < 0).
+* ``sign=bit-nonzero``: v = |q|, s only when q != 0.
+* ``sign=zigzag``: v = 2q for q >= 0, -2q - 1 for q < 0; no s.
+
+``zeros=run``: zeros are not coded as values.  The stream is
+``R0 V1 R1 V2 ... Vm Rm``: each non-zero value Vi is preceded by the number
+of zeros before it, Ri, as an EG code of order k_run; the last run Rm counts
+the trailing zeros (0 if none).  A value is coded as above with v - 1 in
+place of v (v >= 1 for a non-zero), and every bit mode writes s.
+
+``remap=rank``: the distinct v (in run mode: of the non-zero values, v - 1)
+are sorted by descending count (ties: smaller v first); the rank r of v is
+coded instead of v, so the most frequent symbol gets the shortest codeword.
+The table of v by rank travels in the stream and counts in its size.
+
+The codeword of a value is EG_k(v) followed by s: with m = v + 2**k of
+b bits, EG_k(v) is b - 1 - k zero bits, then m in b bits, MSB first.
+For k = 0: 0 -> ``1``, 1 -> ``010``, 2 -> ``011``, 3 -> ``00100``.
+
+Payload layout (format version 1)
+---------------------------------
+A 40-byte header, all integers little-endian::
+
+    0   2  magic b"EG"
+    2   1  version = 1
+    3   1  flags: bits 0-1 sign (0 bit, 1 bit-nonzero, 2 zigzag),
+               bit 2 remap=rank, bit 3 zeros=run, bit 4 float input; others 0
+    4   1  k        order of the value codes
+    5   1  k_run    order of the run codes (0 without zeros=run)
+    6   1  k_table  order of the table codes (0 without remap=rank)
+    7   1  reserved, 0
+    8   8  scale    float64 (1.0 for integer input)
+    16  8  nsymbols uint64, number of elements
+    24  8  table_len uint64, entries in the rank table (0 without remap)
+    32  8  nbits    uint64, exact length of the body in bits
+
+then the body, ceil(nbits / 8) bytes: one bit string, MSB of each byte
+first, zero-padded to a whole byte.  Without remap the body is the codewords
+of the elements in C order (with the runs interleaved in run mode).  With
+remap it starts with the table: for i = 0..table_len-1, d = t[i] - t[i-1]
+(t[-1] = 0) coded as EG_k_table(|d|), then one sign bit (1 = negative) if
+d != 0; the codewords of the ranks follow.
+
+``k=auto`` takes the order with the fewest bits for this very tensor (the
+smallest on ties), computed exactly from its histogram; k_run and k_table
+are always chosen that way.  Codewords are at most 128 bits long.
+
+``Encoded.nbits`` is the body's length: codewords plus table; the fixed
+header is not counted.  For k=0, sign=bit it is exactly the bit count of the
+original coder (tools/eg_reference.py) wherever that one's int32 did not
+wrap around.
+"""
+from __future__ import annotations
+
+import struct
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+
+from .. import dtypes
+from ..errors import CodecError, NotEncodableError
+from . import eg_kernels as K
+from .eg_bits import KMAX, add_classes
+from .codec import Codec, Encoded, Param, as_bytes, choice, element_count, integer_or, positive_real
+from .eg_plan import Histogram, Plan, make_plan, merge_counts
+
+HEADER = struct.Struct("<2sBBBBBBdQQQ")
+MAGIC = b"EG"
+VERSION = 1
+SIGNS = ("bit", "bit-nonzero", "zigzag")
+FLAG_REMAP, FLAG_RUNS, FLAG_FLOAT = 4, 8, 16
+
+CHUNK = 1 << 20           # elements per kernel call: bounds every buffer (outliers: 8 MB)
+WINDOW = 1 << 20          # widest value range counted by direct indexing
+
+_MESSAGES = {
+    K.ERR_TRUNCATED: "bitstream ends before the last symbol (truncated payload)",
+    K.ERR_CODEWORD: "invalid codeword (more than 63 leading zeros)",
+    K.ERR_NEGATIVE_ZERO: "sign bit set on a zero",
+    K.ERR_RANK: "rank beyond the end of the table",
+    K.ERR_RUN: "zero run longer than the tensor",
+}
+
+
+class EGCodec(Codec):
+    """Exp-Golomb coding of quantized values; lossy for floats, lossless for integers."""
+
+    codec_id = "eg"
+    lossless = False
+    PARAMS = {
+        "k": Param(0, integer_or("auto", 0, KMAX), f"an integer 0..{KMAX} or auto"),
+        "scale": Param(1e6, positive_real, "a finite number > 0"),
+        "sign": Param("bit", choice(*SIGNS), " | ".join(SIGNS)),
+        "remap": Param("none", choice("none", "rank"), "none | rank"),
+        "zeros": Param("plain", choice("plain", "run"), "plain | run"),
+    }
+
+    def is_lossless(self, dtype: np.dtype) -> bool:
+        return not _is_float(np.dtype(dtype))
+
+    @property
+    def _flags(self) -> int:
+        p = self._params
+        return (SIGNS.index(p["sign"]) | (FLAG_REMAP if p["remap"] == "rank" else 0)
+                | (FLAG_RUNS if p["zeros"] == "run" else 0))
+
+    def encode(self, array: np.ndarray) -> Encoded:
+        array = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        is_float = _is_float(array.dtype)
+        scale = self._params["scale"] if is_float else 1.0
+        runs = self._params["zeros"] == "run"
+        plan = make_plan(self._scan(array, is_float, scale, runs), k=self._params["k"],
+                         sign=SIGNS.index(self._params["sign"]),
+                         remap=self._params["remap"] == "rank", runs=runs)
+        buf = self._write(array, is_float, scale, plan)
+        flags = self._flags | (FLAG_FLOAT if is_float else 0)
+        HEADER.pack_into(buf.view(np.uint8), 0, MAGIC, VERSION, flags, plan.k, plan.k_run,
+                         plan.k_table, 0, scale, array.size, plan.table.size, plan.nbits)
+        payload = buf.view(np.uint8)[:HEADER.size + (plan.nbits + 7) // 8].tobytes()
+        info = {"k": plan.k, "table_len": int(plan.table.size), "table_bits": plan.table_bits,
+                "header_bytes": HEADER.size}
+        if runs:
+            info.update(k_run=plan.k_run, run_bits=plan.run_bits)
+        return Encoded(payload=payload, nbits=plan.nbits, nsymbols=int(array.size),
+                       entropy_bits=plan.entropy_bits, info=info)
+
+    def _write(self, array: np.ndarray, is_float: bool, scale: float, plan: Plan) -> np.ndarray:
+        """Pass 2: the body as big-endian 64-bit words, after room for the header."""
+        header_words = HEADER.size // 8
+        buf = np.zeros(header_words + plan.nbits // 64 + 2, dtype=np.uint64)
+        words = buf[header_words:]
+        state = np.zeros(4, dtype=np.uint64)
+        if plan.table.size:
+            K.write_eg_values(plan.table_deltas, plan.k_table, True, words, state)
+        runs = self._params["zeros"] == "run"
+        for _, chunk, kind in _chunks(array):
+            K.write(chunk, kind, scale, plan.lut_lo, plan.lut, plan.out_keys, plan.out_lut,
+                    plan.long_codes, plan.k_run if runs else None, words, state)
+        if runs:  # the trailing zeros
+            K.write_eg_values(state[3:4].astype(np.int64), plan.k_run, False, words, state)
+        K.flush(words, state)
+        written = int(state[0]) * 64 + int(state[2])
+        if written != plan.nbits:  # a bug, never the data: the plan and the writer disagree
+            raise AssertionError(f"eg wrote {written} bits where the plan said {plan.nbits}")
+        if sys.byteorder == "little":
+            words.byteswap(inplace=True)
+        return buf
+
+    def _scan(self, array: np.ndarray, is_float: bool, scale: float, runs: bool) -> Histogram:
+        """Pass 1: validate and count the quantized values."""
+        wlo, width = _window(array, is_float, scale)
+        window = np.zeros((K.COPIES, width), dtype=np.uint32 if array.size < 1 << 32 else np.int64)
+        outliers = np.empty(min(CHUNK, array.size), dtype=np.int64)
+        out_keys = out_counts = np.zeros(0, dtype=np.int64)
+        run_classes = np.zeros((65, 65), dtype=np.int64)
+        state = np.array([0, -1], dtype=np.int64)
+        for offset, chunk, kind in _chunks(array):
+            nout = K.scan(chunk, kind, scale, wlo, window, outliers, runs, run_classes, state)
+            if state[1] >= 0:
+                raise NotEncodableError(self._why(array, offset + int(state[1]), scale))
+            if nout:
+                keys, counts = np.unique(outliers[:nout], return_counts=True)
+                out_keys, out_counts = merge_counts(out_keys, out_counts, keys, counts)
+        if runs:  # the final run, trailing zeros
+            add_classes(run_classes, state[:1].astype(np.uint64), np.ones(1, np.int64))
+        return Histogram.from_scan(window, wlo, out_keys, out_counts, run_classes)
+
+    def _why(self, array: np.ndarray, index: int, scale: float) -> str:
+        position = tuple(int(i) for i in np.unravel_index(index, array.shape)) if array.ndim else ()
+        value = array.reshape(-1)[index]
+        text = repr(float(value)) if _is_float(array.dtype) else str(int(value))
+        where = f"eg cannot code element {position} = {text} of a {dtypes.name_of(array.dtype)} array"
+        if _is_float(array.dtype):
+            if np.isnan(value):
+                return f"{where}: NaN"
+            if np.isinf(value):
+                return f"{where}: infinite"
+            return f"{where}: round(x * scale={scale!r}) is beyond the eg range |q| < 2**62"
+        return f"{where}: beyond the eg range |q| < 2**62"
+
+    def decode(self, payload, dtype, shape) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        shape = tuple(int(d) for d in shape)
+        data = as_bytes(payload)
+        flags, k, k_run, k_table, scale, n, table_len, nbits = \
+            self._read_header(data, dtype, element_count(shape))
+        w32 = np.zeros(nbits // 32 + 10, dtype=np.uint32)  # readers look up to 8 words ahead
+        w32.view(np.uint8)[:len(data) - HEADER.size] = np.frombuffer(data, np.uint8, offset=HEADER.size)
+        if sys.byteorder == "little":
+            w32.byteswap(inplace=True)
+        table, pos = np.zeros(0, dtype=np.uint64), 0
+        if flags & FLAG_REMAP:
+            table, pos, ok = K.read_table(w32, nbits, table_len, k_table)
+            if not ok or pos > nbits:
+                raise CodecError("corrupt eg payload: bad rank table")
+        runs = bool(flags & FLAG_RUNS)
+        state = np.array([pos, 0, 1, n, 0], dtype=np.int64)
+        out = np.empty(n, dtype=dtype)
+        for start, target in _targets(out):
+            K.read(w32, nbits, target, bool(flags & FLAG_FLOAT), 1.0 / scale, k, flags & 3,
+                   bool(flags & FLAG_REMAP), table, k_run if runs else None, state)
+            if state[4]:
+                raise CodecError(f"corrupt eg payload: {_MESSAGES[int(state[4])]} "
+                                 f"(element {n - int(state[3])}, bit {int(state[0])})")
+            if target.base is not out:
+                out[start:start + target.size] = _narrow(target, dtype)
+        pos = int(state[0])
+        if pos <= nbits and runs and state[2]:  # a final run of no zeros must follow
+            last, pos, ok = K.read_eg(w32, pos, k_run)
+            if not ok or last != 0:
+                raise CodecError("corrupt eg payload: bad final zero run")
+        if pos != nbits:
+            raise CodecError(f"corrupt eg payload: symbols end at bit {pos}, the body has {nbits}"
+                             f"{' (truncated payload)' if pos > nbits else ''}")
+        return out.reshape(shape)
+
+    def _read_header(self, data: memoryview, dtype: np.dtype, n: int) -> tuple:
+        """Check the header against this codec, the dtype, the shape and the length."""
+        if len(data) < HEADER.size:
+            raise CodecError(f"eg payload of {len(data)} bytes is shorter than its "
+                             f"{HEADER.size}-byte header (truncated)")
+        magic, version, flags, k, k_run, k_table, reserved, scale, nsym, table_len, nbits = \
+            HEADER.unpack_from(data, 0)
+        if magic != MAGIC:
+            raise CodecError(f"not an eg payload: magic {bytes(magic)!r}, expected {MAGIC!r}")
+        if version != VERSION:
+            raise CodecError(f"eg payload has format version {version}; this reader knows {VERSION}")
+        if reserved or flags & ~31 or (flags & 3) == 3 or max(k, k_run, k_table) > KMAX:
+            raise CodecError("corrupt eg payload: bad header fields")
+        if flags & ~FLAG_FLOAT != self._flags:
+            raise CodecError(f"eg payload was written with other parameters than {self.spec}")
+        if isinstance(self._params["k"], int) and k != self._params["k"]:
+            raise CodecError(f"eg payload was written with k={k}, this codec has k={self._params['k']}")
+        is_float = _is_float(dtype)
+        if bool(flags & FLAG_FLOAT) != is_float or (is_float and scale != self._params["scale"]):
+            raise CodecError(f"eg payload does not match dtype {dtype} / scale {self._params['scale']!r}"
+                             f" (payload: {'float' if flags & FLAG_FLOAT else 'integer'}, scale {scale!r})")
+        if nsym != n:
+            raise CodecError(f"eg payload holds {nsym} elements, the shape asks for {n}")
+        want = HEADER.size + (nbits + 7) // 8
+        if len(data) != want:
+            raise CodecError(f"eg payload is {len(data)} bytes, its header says {want} "
+                             f"({'truncated' if len(data) < want else 'trailing bytes'})")
+        if table_len > nbits or (table_len and not flags & FLAG_REMAP):
+            raise CodecError(f"corrupt eg payload: table of {table_len} entries in {nbits} bits")
+        if nbits % 8 and data[want - 1] & (0xFF >> (nbits % 8)):
+            raise CodecError("corrupt eg payload: padding bits are not zero")
+        return flags, k, k_run, k_table, scale, nsym, table_len, nbits
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """True for the float dtypes (quantized), False for integers and bool (coded as they are)."""
+    try:
+        return dtypes.name_of(dtype) in ("float32", "float64", "float16", "bfloat16")
+    except ValueError as exc:
+        raise CodecError(f"eg: {exc}") from None
+
+
+def _window(array: np.ndarray, is_float: bool, scale: float) -> tuple[int, int]:
+    """(wlo, width): the scan counts values in [wlo, wlo + width) by direct indexing.
+
+    The window covers the quantized range when that is not too wide for the
+    array; values outside go to the slower outlier path.
+    """
+    if array.size == 0:
+        return 0, 1
+    cap = min(WINDOW, max(4096, 2 * array.size))
+    lo, hi = _extremes(array)
+    if is_float:
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return 0, 1  # the scan will name the bad element
+        lo, hi = (float(np.clip(np.rint(float(v) * scale), -K.FLIMIT, K.FLIMIT)) for v in (lo, hi))
+    lo, hi = int(lo), int(hi)
+    width = min(cap, hi - lo + 1)
+    return min(max(lo, -(width // 2)), hi - width + 1), width
+
+
+def _extremes(array: np.ndarray) -> tuple:
+    """array.min() and array.max(), fast for float16/bfloat16 too (NaN if there is one).
+
+    numpy reduces 16-bit floats one element at a time; their bit patterns,
+    with the magnitude bits of negatives flipped, sort like the values, so
+    an int16 min/max finds the same elements at integer speed.
+    """
+    if array.dtype.itemsize != 2 or not _is_float(array.dtype):
+        return array.min(), array.max()
+    bits = array.reshape(-1).view(np.int16)
+    order = bits ^ ((bits >> 15) & np.int16(0x7FFF))
+    lo, hi = (np.array(v ^ ((v >> 15) & 0x7FFF), dtype=np.int16).view(array.dtype)[()]
+              for v in (int(order.min()), int(order.max())))
+    return lo, hi
+
+
+def _chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray, int]]:
+    """(offset, chunk, kind) of at most CHUNK elements, as the kernels take them.
+
+    float32, float64 and int64 chunks are views, bfloat16 ones views of the
+    bit patterns (see eg_kernels.quantize_block); float16 chunks are
+    widened and other integers cast.
+    """
+    flat = array.reshape(-1)
+    name = dtypes.name_of(array.dtype)
+    for start in range(0, flat.size, CHUNK):
+        chunk = flat[start:start + CHUNK]
+        if name in ("float32", "float64"):
+            yield start, chunk, K.KIND_FLOAT
+        elif name == "bfloat16":
+            yield start, chunk.view(np.uint16), K.KIND_BF16
+        elif name == "float16":
+            yield start, chunk.astype(np.float32), K.KIND_FLOAT
+        elif name == "int64":
+            yield start, chunk, K.KIND_INT
+        elif name == "uint64":
+            big = np.flatnonzero(chunk >= K.LIMIT)
+            if big.size:
+                raise NotEncodableError(f"eg cannot code element {start + int(big[0])} = "
+                                        f"{int(chunk[big[0]])} of a uint64 array: beyond the eg "
+                                        f"range |q| < 2**62")
+            yield start, chunk.view(np.int64), K.KIND_INT
+        else:
+            yield start, chunk.astype(np.int64), K.KIND_INT
+
+
+def _targets(out: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Where read() writes: (a view of) ``out`` if it can, else chunk buffers to narrow."""
+    if dtypes.name_of(out.dtype) in ("float32", "float64", "int64"):
+        yield 0, out[:]
+        return
+    buf = np.empty(min(CHUNK, out.size), np.float64 if _is_float(out.dtype) else np.int64)
+    for start in range(0, out.size, CHUNK):
+        yield start, buf[:min(CHUNK, out.size - start)]
+
+
+def _narrow(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Decoded float64/int64 values as ``dtype``; CodecError if an integer does not fit."""
+    if values.dtype.kind == "f":
+        return values.astype(dtype)
+    if values.size:
+        info = np.iinfo(np.uint8 if dtype == np.bool_ else dtype)
+        top = 1 if dtype == np.bool_ else info.max
+        lo, hi = int(values.min()), int(values.max())
+        if lo < info.min or hi > top:
+            raise CodecError(f"corrupt eg payload: decoded value {lo if lo < info.min else hi} "
+                             f"does not fit {dtype}")
+    return values.astype(dtype)
