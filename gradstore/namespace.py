@@ -192,15 +192,14 @@ class Namespace:
                 writer.seq = max(segs, default=-1)
             self.writers[stream] = writer
 
-    def append(self, kind: int, meta: dict, payload, checksum: int) -> Entry:
+    def append(self, kind: int, meta: dict, payload) -> Entry:
         """Write a record, then commit it with its log entry."""
-        header = fmt.pack_record_header(kind, meta, len(payload), checksum)
         writer = self.writers[fmt.KIND_STREAM[kind]]
-        seq, offset = writer.append(header, payload)
+        seq, offset, hlen, checksum = writer.append(kind, meta, payload)
         extra = None
         if kind == fmt.KIND_VARIANT:
             extra = {k: v for k, v in meta.items() if k not in ("key", "dtype", "shape", "time")}
-        entry = Entry(kind, meta["key"], seq, offset, len(header), len(payload), meta["dtype"],
+        entry = Entry(kind, meta["key"], seq, offset, hlen, len(payload), meta["dtype"],
                       tuple(meta["shape"]), checksum, meta["time"], extra, self.name)
         try:
             self.log.append(entry.to_log())
@@ -325,7 +324,7 @@ class Namespace:
             self.writers[stream].seq = max(old[stream], default=-1)
         for e in live:
             m = self.maps.get(e.stream, e.seq, e.end)
-            seq, offset = self.writers[e.stream].append(memoryview(m)[e.offset:e.end], b"")
+            seq, offset = self.writers[e.stream].append_raw(memoryview(m)[e.offset:e.end])
             moved = e._replace(seq=seq, offset=offset)
             self.log.append(moved.to_log())
             self.index.add(moved)

@@ -37,16 +37,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_all(fd: int, buffers: list) -> None:
-    """writev until every buffer is written (the kernel may write less per call)."""
+def write_all(fd: int, buffers: list, offset: int | None = None) -> None:
+    """Write every buffer, looping because the kernel may write less per call.
+
+    With ``offset`` the write is positional (pwritev) and the file position is
+    left alone; without, it appends at the file position (writev).
+    """
     views = [memoryview(b).cast("B") for b in buffers if len(b)]
     while views:
-        n = os.writev(fd, views)
+        if offset is None:
+            n = os.writev(fd, views)
+        else:
+            n = os.pwritev(fd, views, offset)
+            offset += n
         while views and n >= len(views[0]):
             n -= len(views[0])
             views.pop(0)
         if views and n:
             views[0] = views[0][n:]
+
+
+# Payloads at least this large are copied into the segment by a helper thread
+# while this thread computes their checksum: on two cores the hash is then free.
+OVERLAP_MIN = 1 << 20
+_overlap_pool = None
+
+
+def _pool():
+    global _overlap_pool
+    if _overlap_pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _overlap_pool = ThreadPoolExecutor(1, thread_name_prefix="gradstore-write")
+    return _overlap_pool
 
 
 class FileHandle:
@@ -89,14 +111,13 @@ class SegmentWriter(FileHandle):
     def rollback(self, size: int) -> None:
         """Cut the segment back to ``size`` bytes and append from there."""
         os.ftruncate(self.fd, size)
-        os.lseek(self.fd, size, os.SEEK_SET)
         self.size = size
 
     def _start(self, seq: int) -> None:
         path = self.dir / segment_name(self.stream, seq)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            write_all(fd, [fmt.pack_segment_header(self.stream, seq, time.time_ns())])
+            write_all(fd, [fmt.pack_segment_header(self.stream, seq, time.time_ns())], 0)
             if self.fsync:
                 os.fsync(fd)
                 fsync_dir(self.dir)
@@ -111,25 +132,62 @@ class SegmentWriter(FileHandle):
         self.fd, self.seq, self.size = fd, seq, fmt.SEG_HEADER_SIZE
         self.dirty = False
 
-    def append(self, header: bytes, payload) -> tuple[int, int]:
-        """Write one record; return (seq, record offset). All or nothing."""
-        plen = len(payload)
-        total = fmt.align(len(header) + plen)
+    def _reserve(self, total: int) -> int:
+        """Offset for a record of ``total`` bytes, rolling over to a new segment if due."""
         if self.fd is None:
             self._start(self.seq + 1)
         elif self.size > fmt.SEG_HEADER_SIZE and self.size + total > self.segment_size:
             self._start(self.seq + 1)
-        offset = self.size
-        try:
-            write_all(self.fd, [header, payload, bytes(total - len(header) - plen)])
-        except BaseException:
-            # A failed write (disk full, signal) must not leave half a record.
-            self.rollback(offset)
-            raise
+        return self.size
+
+    def _commit(self, offset: int, total: int) -> None:
         self.size = offset + total
         self.dirty = True
         if self.fsync:
             os.fsync(self.fd)
+
+    def append(self, kind: int, meta: dict, payload) -> tuple[int, int, int, int]:
+        """Write one record; return (seq, record offset, header length, payload checksum).
+
+        All or nothing: a failure cuts the segment back. A large payload is
+        written before its header, while its checksum is computed; until the
+        header lands the bytes are no record at all, so a crash in between
+        leaves a torn tail that recovery drops.
+        """
+        plen = len(payload)
+        hlen = len(fmt.pack_record_header(kind, meta, plen, 0))
+        total = fmt.align(hlen + plen)
+        pad = bytes(total - hlen - plen)
+        offset = self._reserve(total)
+        try:
+            if plen >= OVERLAP_MIN:
+                pending = _pool().submit(write_all, self.fd, [payload, pad], offset + hlen)
+                try:
+                    checksum = fmt.xxh3(payload)
+                finally:
+                    pending.result()
+                write_all(self.fd, [fmt.pack_record_header(kind, meta, plen, checksum)], offset)
+            else:
+                checksum = fmt.xxh3(payload)
+                header = fmt.pack_record_header(kind, meta, plen, checksum)
+                write_all(self.fd, [header, payload, pad], offset)
+        except BaseException:
+            # A failed write (disk full, signal) must not leave half a record.
+            self.rollback(offset)
+            raise
+        self._commit(offset, total)
+        return self.seq, offset, hlen, checksum
+
+    def append_raw(self, record) -> tuple[int, int]:
+        """Copy a whole record (header, payload and padding) as it is: compaction."""
+        total = len(record)
+        offset = self._reserve(total)
+        try:
+            write_all(self.fd, [record], offset)
+        except BaseException:
+            self.rollback(offset)
+            raise
+        self._commit(offset, total)
         return self.seq, offset
 
 

@@ -321,7 +321,7 @@ class Store:
         payload = payload_view(arr)
         meta = {"key": key, "dtype": dtypes.name_of(arr.dtype), "shape": list(arr.shape),
                 "time": time.time_ns()}
-        entry = ns.append(fmt.KIND_TENSOR, meta, payload, fmt.xxh3(payload))
+        entry = ns.append(fmt.KIND_TENSOR, meta, payload)
         if self._buckets is not None:
             head, sep, _ = key.partition("/")
             if sep and key not in self._buckets.setdefault(head, []):

@@ -113,8 +113,7 @@ def encode_into(store, spec, keys, progress: bool | None = None) -> EncodeResult
         except NotEncodableError as exc:
             result.failed[key] = str(exc)
             continue
-        ns.append(fmt.KIND_VARIANT, variant_meta(key, raw_entry, codec, t), t.payload,
-                  fmt.xxh3(t.payload))
+        ns.append(fmt.KIND_VARIANT, variant_meta(key, raw_entry, codec, t), t.payload)
         result.written.append(key)
     return result
 

@@ -64,7 +64,7 @@ MODULES = (
 # 16 KiB, so "large" records sit alone in a segment and medium ones roll over often.
 SIZE_CLASSES = ((0, 0, 0.06), (1, 64, 0.24), (64, 4096, 0.35), (4096, 14000, 0.2),
                 (20000, 48000, 0.15))
-FAULT_FNS = ("writev", "pwrite", "fsync", "replace", "rename", "link", "unlink", "ftruncate",
+FAULT_FNS = ("writev", "pwritev", "pwrite", "fsync", "replace", "rename", "link", "unlink", "ftruncate",
              "truncate")
 
 
@@ -264,13 +264,14 @@ class Hooks:
             real(*args, **kwargs)
             _die(spec.get("killed_at"), note)
         # A torn write: only a prefix of the bytes reaches the file.
-        if fn == "writev":
+        if fn in ("writev", "pwritev"):
             fd, buffers = args[0], args[1]
             data = b"".join(bytes(memoryview(b).cast("B")) for b in buffers)
+            offset = args[2] if fn == "pwritev" else None
         elif fn == "pwrite":
             fd, data, offset = args[0], bytes(args[1]), args[2]
         else:
-            raise ValueError(f"a {how!r} fault needs writev or pwrite, not {fn}")
+            raise ValueError(f"a {how!r} fault needs writev, pwritev or pwrite, not {fn}")
         cut = {"one": 1, "half": len(data) // 2, "allbut1": len(data) - 1}[how]
         cut = max(0, min(cut, len(data) - 1))
         if fn == "writev":
