@@ -57,18 +57,10 @@ def write_all(fd: int, buffers: list, offset: int | None = None) -> None:
             views[0] = views[0][n:]
 
 
-# Payloads at least this large are copied into the segment by a helper thread
-# while this thread computes their checksum: on two cores the hash is then free.
-OVERLAP_MIN = 1 << 20
-_overlap_pool = None
-
-
-def _pool():
-    global _overlap_pool
-    if _overlap_pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _overlap_pool = ThreadPoolExecutor(1, thread_name_prefix="gradstore-write")
-    return _overlap_pool
+# Large payloads are hashed and written a chunk at a time, so the bytes the hash
+# just read are still in cache when the kernel copies them: memory, not the CPU,
+# is what limits a write on small machines.
+CHUNK = 1 << 20
 
 
 class FileHandle:
@@ -150,9 +142,9 @@ class SegmentWriter(FileHandle):
         """Write one record; return (seq, record offset, header length, payload checksum).
 
         All or nothing: a failure cuts the segment back. A large payload is
-        written before its header, while its checksum is computed; until the
-        header lands the bytes are no record at all, so a crash in between
-        leaves a torn tail that recovery drops.
+        written before its header, chunk by chunk as it is hashed; until the
+        header lands those bytes are no record, so a crash in between leaves
+        a torn tail that recovery drops.
         """
         plen = len(payload)
         hlen = len(fmt.pack_record_header(kind, meta, plen, 0))
@@ -160,12 +152,15 @@ class SegmentWriter(FileHandle):
         pad = bytes(total - hlen - plen)
         offset = self._reserve(total)
         try:
-            if plen >= OVERLAP_MIN:
-                pending = _pool().submit(write_all, self.fd, [payload, pad], offset + hlen)
-                try:
-                    checksum = fmt.xxh3(payload)
-                finally:
-                    pending.result()
+            if plen > CHUNK:
+                view = memoryview(payload).cast("B")
+                hasher = fmt.Xxh3()
+                for i in range(0, plen, CHUNK):
+                    chunk = view[i:i + CHUNK]
+                    hasher.update(chunk)
+                    write_all(self.fd, [chunk], offset + hlen + i)
+                write_all(self.fd, [pad], offset + hlen + plen)
+                checksum = hasher.intdigest()
                 write_all(self.fd, [fmt.pack_record_header(kind, meta, plen, checksum)], offset)
             else:
                 checksum = fmt.xxh3(payload)

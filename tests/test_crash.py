@@ -529,22 +529,25 @@ def test_damaged_log_entry_does_not_destroy_later_records(fast_tmp):
 
 
 def test_sigkill_between_a_large_payload_and_its_header(fast_tmp):
-    """Large payloads are written before their header (overlapping the checksum);
-    a kill in between leaves bytes that are no record, and recovery drops them."""
+    """Large payloads are written chunk by chunk before their header; a kill
+    just before the header leaves bytes that are no record, and recovery drops them."""
     path = fast_tmp / "big.gs"
     small = np.arange(10.0)
-    big = np.arange(1 << 19, dtype=np.float32)  # 2 MiB: the overlapped path
+    big = np.arange(1 << 19, dtype=np.float32)  # 2 MiB: the chunked path
     pid = os.fork()
     if pid == 0:  # the writer
         try:
             gs = gradstore.open(path, "a")
             gs.write("small", small)
             real = os.pwritev
+            written = [0]
 
             def pwritev(fd, buffers, offset):
-                n = real(fd, buffers, offset)
-                if sum(len(memoryview(b).cast("B")) for b in buffers) >= len(big.tobytes()):
+                size = sum(len(memoryview(b).cast("B")) for b in buffers)
+                if written[0] >= big.nbytes and 0 < size < 4096 and offset % 64 == 0:
                     os.kill(os.getpid(), signal.SIGKILL)  # payload in place, header not
+                n = real(fd, buffers, offset)
+                written[0] += n
                 return n
 
             os.pwritev = pwritev
