@@ -6,24 +6,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
 
 from . import keys as keys_mod
 from .errors import GradstoreError
+from .progress import human_bytes
 from .store import compact, open_store, repair
 
 EXIT_ERROR = 2
 EXIT_DAMAGED = 1
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n}"
 
 
 class Parser(argparse.ArgumentParser):
@@ -254,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_synth)
 
+    # convert and export parse their own arguments (gradstore/convert/cli.py);
+    # they are listed here for --help.
+    sub.add_parser("convert", help="import .pt, HDF5 and safetensors files (see gradstore convert --help)",
+                   add_help=False)
+    sub.add_parser("export", help="write a selection out as .pt, safetensors or HDF5 files",
+                   add_help=False)
+
     p = sub.add_parser("compact", help="reclaim the space of overwritten records")
     p.add_argument("path")
     p.set_defaults(run=cmd_compact)
@@ -262,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["convert"]:
+        from .convert.cli import convert_main
+        return convert_main(argv[1:], prog="gradstore convert")
+    if argv[:1] == ["export"]:
+        from .convert.cli import export_main
+        return export_main(argv[1:], prog="gradstore export")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -269,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gradstore: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `gradstore ls run.gs | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyError as exc:
         print(f"gradstore: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
     except (GradstoreError, OSError, ValueError, TypeError) as exc:

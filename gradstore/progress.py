@@ -1,4 +1,4 @@
-"""Progress bars that appear only when a person is watching a long job."""
+"""Progress bars that appear only when a person is watching a long job, and byte counts for people."""
 from __future__ import annotations
 
 import sys
@@ -21,3 +21,12 @@ def bar(items: Iterable, desc: str, enabled: bool | None = None, **kwargs) -> It
         return items
     kwargs.setdefault("unit", "key")
     return tqdm(items, desc=desc, **kwargs)
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.50 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n}"

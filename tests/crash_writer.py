@@ -349,6 +349,22 @@ if __name__ == "__main__":
 _CONTENT_CACHE: dict[tuple[str, int], np.ndarray] = {}
 
 
+def fork(plan: dict) -> int:
+    """Start ``run(plan)`` in a forked child; its pid. The child never returns into pytest."""
+    import traceback
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            run(plan)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
 def expected(key: str, version: int) -> np.ndarray:
     got = _CONTENT_CACHE.get((key, version))
     if got is None:

@@ -30,27 +30,9 @@ SEGMENT = 16 * 1024
 TIMEOUT = 60.0
 
 
-@pytest.fixture
-def fast_tmp(tmp_path):
-    """A scratch directory on tmpfs when there is one (see crash_writer.scratch_dir)."""
-    d, cleanup = cw.scratch_dir(tmp_path)
-    yield d
-    cleanup()
-
-
 def fork_writer(plan: dict) -> int:
     """Start ``crash_writer.run(plan)`` in a forked child; its pid."""
-    pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        code = 1
-        try:
-            cw.run(plan)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
+    return cw.fork(plan)
 
 
 def script_writer(plan: dict, plan_path: Path) -> subprocess.Popen:

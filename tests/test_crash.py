@@ -55,30 +55,12 @@ DISCARD = "Namespace._discard_uncommitted"
 MARKER = "Store._open_marker"
 
 
-@pytest.fixture
-def fast_tmp(tmp_path):
-    """A scratch directory on tmpfs when there is one (see crash_writer.scratch_dir)."""
-    d, cleanup = cw.scratch_dir(tmp_path)
-    yield d
-    cleanup()
-
-
 # -- running the writer -------------------------------------------------------------
 
 
 def fork_writer(plan: dict) -> int:
     """Run ``crash_writer.run(plan)`` in a forked child; its wait status."""
-    pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        code = 1
-        try:
-            cw.run(plan)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    _, status = os.waitpid(cw.fork(plan), 0)
     return status
 
 

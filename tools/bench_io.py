@@ -51,6 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gradstore  # noqa: E402
 from gradstore import dtypes  # noqa: E402
+from gradstore.segment import fsync_dir  # noqa: E402
 from gradstore.synth import ModelShape, ddp_buckets, gradient  # noqa: E402
 
 BUCKET_BYTES = 25 << 20
@@ -151,13 +152,6 @@ class Contender:
     def close(self) -> None:
         pass
 
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class GradstoreC(Contender):

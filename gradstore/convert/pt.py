@@ -1,0 +1,136 @@
+"""PyTorch files (.pt, .pth): a dict of tensors, a single tensor, or nested dicts.
+
+Only ``torch.load(weights_only=True, map_location="cpu")`` touches a file, so
+a pickle that holds anything but tensors and containers is refused, never run.
+Zip-format files (every torch.save since 1.6) are memory-mapped: a tensor is
+read once, when it is copied out.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .. import dtypes
+from ..arrays import as_array, is_torch_tensor
+from . import naming
+from .source import Item, Part, SourceError, one_line
+
+SUFFIXES = (".pt", ".pth")
+LIBRARY = "torch"   # what reading and writing need; imported only then
+_ZIP_LOCAL_MAGIC = b"PK\x03\x04"
+
+
+def plan(path: str | os.PathLike, dtype: str | None = None) -> list[Part]:
+    """A .pt file is one part: torch.load cannot read a subset of it."""
+    return [Part(str(path), "pt", None, os.path.getsize(path))]
+
+
+def _weights_only_reason(exc: BaseException) -> str:
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation")[0]
+        text = text.split("Please use `torch.serialization")[0]
+    return one_line(Exception(text)).rstrip(". ")
+
+
+def load(path: str | os.PathLike):
+    """The object in a torch file, loaded safely; SourceError with a clear reason otherwise."""
+    try:
+        import torch
+    except ImportError:
+        raise SourceError(f"{path}: reading .pt files needs torch "
+                          "(pip install 'gradstore[torch]')") from None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {one_line(exc)}") from None
+    if not head:
+        raise SourceError(f"{path}: truncated or corrupt torch file (it is empty)")
+    try:
+        mmap = zipfile.is_zipfile(path)
+        if head == _ZIP_LOCAL_MAGIC and not mmap:
+            raise SourceError(f"{path}: truncated or corrupt torch file "
+                              "(its zip archive has no central directory)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise SourceError(f"{path}: not a file of tensors: torch.load(weights_only=True) refused it "
+                          f"({_weights_only_reason(exc)})") from None
+    except SourceError:
+        raise
+    except Exception as exc:  # torch raises RuntimeError, OSError, EOFError, ... on bad bytes
+        raise SourceError(f"{path}: truncated or corrupt torch file ({one_line(exc)})") from None
+
+
+def flatten(obj, name: str = "") -> Iterator[tuple[str, object]]:
+    """(name, tensor) pairs of nested dicts/lists, names joined with '/'."""
+    if is_torch_tensor(obj) or isinstance(obj, np.ndarray):
+        yield name, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from flatten(v, f"{name}/{k}" if name else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from flatten(v, f"{name}/{i}" if name else str(i))
+    else:
+        where = f"{name!r} is" if name else "it holds"
+        raise SourceError(f"not a file of tensors: {where} a {type(obj).__name__}")
+
+
+def items_of(path: str | os.PathLike, obj) -> list[Item]:
+    """The items of a loaded object; keys from the file name (see naming)."""
+    prefix = naming.prefix_of(path)
+    out = []
+    try:
+        pairs = list(flatten(obj))
+    except SourceError as exc:
+        raise SourceError(f"{path}: {exc}") from None
+    if not pairs:
+        raise SourceError(f"{path}: not a file of tensors: it holds no tensor")
+    for name, tensor in pairs:
+        try:
+            key = naming.join(prefix, name)
+            arr = as_array(tensor, what=f"tensor {name!r}" if name else "tensor")
+        except (ValueError, TypeError) as exc:
+            raise SourceError(f"{path}: {one_line(exc)}") from None
+        out.append(Item(key, dtypes.name_of(arr.dtype), arr.shape, array=lambda a=arr: a))
+    return out
+
+
+@contextmanager
+def read(part: Part, dtype: str | None = None) -> Iterator[list[Item]]:
+    obj = load(part.path)
+    try:
+        yield items_of(part.path, obj)
+    finally:
+        del obj  # drops the file mapping
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """False while torch.save is still writing: its zip central directory comes last."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != _ZIP_LOCAL_MAGIC:
+        return len(head) > 0  # legacy or foreign format: torch.load will judge it
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def save(path: str | os.PathLike, tensors: dict) -> None:
+    """Write ``{name: tensor}`` (a single tensor if the only name is empty)."""
+    import torch
+    obj = tensors[""] if list(tensors) == [""] else tensors
+    torch.save(obj, Path(path))
