@@ -11,7 +11,9 @@ from .errors import (ChecksumError, CodecError, FormatError, GradstoreError, Key
 from .index import Entry
 from .keys import Key
 from .namespace import Problem
-from .store import Store, checksum, compact, open_store as open, parse_size, repair
+from .maintenance import compact, repair
+from .marker import parse_size
+from .store import Store, checksum, open_store as open
 
 __version__ = "0.1.0"
 

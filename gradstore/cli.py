@@ -14,7 +14,8 @@ import numpy as np
 from . import keys as keys_mod
 from .errors import GradstoreError
 from .progress import human_bytes
-from .store import compact, open_store, repair
+from .maintenance import compact, repair
+from .store import open_store
 
 EXIT_ERROR = 2
 EXIT_DAMAGED = 1
@@ -137,7 +138,7 @@ def cmd_compact(args) -> int:
 
 def cmd_synth(args) -> int:
     from . import synth
-    from .store import parse_size
+    from .marker import parse_size
     model = synth.ModelShape(hidden=args.hidden, layers=args.layers)
     total = 0
     nbuckets = 0

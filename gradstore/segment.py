@@ -5,7 +5,6 @@ import mmap
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from . import format as fmt

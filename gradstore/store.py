@@ -5,10 +5,7 @@ a call touches; segments, logs and recovery are the namespace's business.
 """
 from __future__ import annotations
 
-import builtins
-import json
 import os
-import re
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -18,34 +15,11 @@ import numpy as np
 from . import dtypes
 from . import format as fmt
 from .arrays import as_array
-from .errors import ChecksumError, FormatError, GradstoreError, KeyExistsError, ReadOnlyError
+from .errors import ChecksumError, GradstoreError, KeyExistsError, ReadOnlyError
 from .index import Entry
 from .keys import Selector, check_key, is_bucket_name, select, try_parse
+from .marker import NAMESPACE_RE, open_marker, parse_size
 from .namespace import Namespace, Problem
-from .segment import fsync_dir, list_segments
-
-DEFAULT_SEGMENT_SIZE = 1 << 30  # 1 GiB: large sequential files, cheap to compact
-_NS_RE = re.compile(r"main|r(0|[1-9][0-9]*)")
-_SIZE_RE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kmgtp]?i?b?)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "p": 10**15, "pb": 10**15, "kib": 2**10, "mib": 2**20,
-          "gib": 2**30, "tib": 2**40, "pib": 2**50}
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from an int or a string such as ``"1.8TB"``, ``"512MiB"`` or ``"4096"``."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        value = size
-    else:
-        m = _SIZE_RE.fullmatch(str(size))
-        unit = (m.group(2) or "").lower() if m else None
-        if m is None or unit not in _UNITS:
-            raise ValueError(f"bad size {size!r} (use bytes or e.g. 512MB, 4GiB, 1.8TB)")
-        value = int(float(m.group(1)) * _UNITS[unit])
-    if value < 4096:
-        raise ValueError(f"segment size {size!r} is too small (minimum 4096 bytes)")
-    return value
-
 
 def checksum(array) -> int:
     """The xxh3-64 the store records for ``array``'s bytes (C order, little-endian)."""
@@ -74,7 +48,7 @@ class Store:
         self._writer: Namespace | None = None
         self._buckets: dict[str, list[str]] | None = None
         self._closed = False
-        meta = self._open_marker(segment_size)
+        meta = open_marker(self.path, mode, segment_size)
         self.segment_size = parse_size(segment_size) if segment_size is not None else meta["segment_size"]
         try:
             if mode != "r":
@@ -92,55 +66,6 @@ class Store:
 
     # -- opening ---------------------------------------------------------------
 
-    def _open_marker(self, segment_size) -> dict:
-        marker = self.path / fmt.MARKER
-        if self.mode == "x" and self.path.exists():
-            raise FileExistsError(f"{self.path}: already exists (mode 'x')")
-        if not marker.exists():
-            if self.mode == "r":
-                if not self.path.exists():
-                    raise FileNotFoundError(f"{self.path}: no such store")
-                raise FormatError(f"{self.path}: not a gradstore store (no {fmt.MARKER} file)")
-            self._create_marker(marker, segment_size)
-        try:
-            meta = json.loads(marker.read_text())
-        except (ValueError, UnicodeDecodeError):
-            raise FormatError(f"{marker}: damaged store marker") from None
-        if not isinstance(meta, dict) or meta.get("format") != "gradstore":
-            raise FormatError(f"{marker}: not a gradstore store marker")
-        if meta.get("version") != fmt.VERSION:
-            raise FormatError(f"{marker}: format version {meta.get('version')}, "
-                              f"this gradstore reads {fmt.VERSION}")
-        meta.setdefault("segment_size", DEFAULT_SEGMENT_SIZE)
-        return meta
-
-    def _create_marker(self, marker: Path, segment_size) -> None:
-        """Create the store marker; safe when several ranks create the store at once.
-
-        Each writer links its own complete temporary file into place; the
-        first link wins and the others read the winner's marker.
-        """
-        if self.path.exists():
-            foreign = [n for n in os.listdir(self.path)
-                       if not (n.startswith(fmt.MARKER + ".tmp") or _NS_RE.fullmatch(n))]
-            if foreign:
-                raise FormatError(f"{self.path}: exists and is not a gradstore store")
-        self.path.mkdir(parents=True, exist_ok=True)
-        size = parse_size(segment_size) if segment_size is not None else DEFAULT_SEGMENT_SIZE
-        meta = {"format": "gradstore", "version": fmt.VERSION, "segment_size": size}
-        tmp = self.path / f"{fmt.MARKER}.tmp.{os.getpid()}.{time.time_ns()}"
-        try:
-            tmp.write_text(json.dumps(meta) + "\n")
-            with builtins.open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, marker)
-            except FileExistsError:
-                pass  # another writer created the store first; use its marker
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(self.path)
-
     def _truncate_all(self) -> None:
         """Mode "w" without a rank: empty every namespace, each under its lock."""
         held = []
@@ -156,7 +81,7 @@ class Store:
                 ns.close()
 
     def _namespace_names(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.path) if _NS_RE.fullmatch(n) and (self.path / n).is_dir())
+        return sorted(n for n in os.listdir(self.path) if NAMESPACE_RE.fullmatch(n) and (self.path / n).is_dir())
 
     def _discover(self) -> None:
         for name in self._namespace_names():
@@ -414,33 +339,9 @@ class Store:
 
     def info(self) -> dict:
         """Counts and sizes, as ``gradstore info`` prints them."""
+        from .maintenance import info
         self._check_open()
-        by_dtype: dict[str, int] = {}
-        raw = 0
-        nvariants = 0
-        for ns in self._namespaces.values():
-            for e in ns.index.entries(fmt.KIND_TENSOR):
-                by_dtype[e.dtype] = by_dtype.get(e.dtype, 0) + 1
-                raw += e.payload_len
-            nvariants += len(ns.index.ids(fmt.KIND_VARIANT))
-        segments = {name: {fmt.STREAM_NAMES[s]: len(list_segments_of(ns, s)) for s in (1, 2)}
-                    for name, ns in self._namespaces.items()}
-        keys = self._all_keys()
-        parsed = [k for k in (try_parse(x) for x in keys) if k is not None]
-        return {
-            "path": str(self.path),
-            "keys": len(keys),
-            "variants": nvariants,
-            "buckets": len({k.bucket_name for k in parsed}),
-            "ranks": sorted({k.rank for k in parsed}),
-            "epochs": sorted({k.epoch for k in parsed}),
-            "steps": (min(k.step for k in parsed), max(k.step for k in parsed)) if parsed else None,
-            "dtypes": dict(sorted(by_dtype.items())),
-            "tensor_bytes": raw,
-            "disk_bytes": sum(ns.disk_bytes() for ns in self._namespaces.values()),
-            "namespaces": segments,
-            "segment_size": self.segment_size,
-        }
+        return info(self)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -469,42 +370,7 @@ class Store:
         return f"<gradstore.Store {str(self.path)!r} {state}>"
 
 
-def list_segments_of(ns: Namespace, stream: int) -> list[int]:
-    return list_segments(ns.dir, stream) if ns.dir.exists() else []
-
-
 def open_store(path: str | os.PathLike, mode: str = "r", *, rank: int | None = None,
-         segment_size: int | str | None = None, fsync: bool = False) -> Store:
+               segment_size: int | str | None = None, fsync: bool = False) -> Store:
     """Open a store: "r" read (default), "a" read/write/create, "w" truncate, "x" create new."""
     return Store(path, mode, rank=rank, segment_size=segment_size, fsync=fsync)
-
-
-def repair(path: str | os.PathLike) -> dict[str, int]:
-    """Rebuild every namespace's index from its segments. Returns entries per namespace."""
-    store = Store(path, "r")
-    try:
-        names = store._namespace_names()
-        segment_size = store.segment_size
-    finally:
-        store.close()
-    out = {}
-    for name in names:
-        ns = Namespace(Path(path), name)
-        ns._lock()
-        try:
-            out[name] = ns.rebuild(segment_size, fsync=True)
-        finally:
-            ns.close()
-    return out
-
-
-def compact(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
-    """Compact every namespace; each must be free of writers."""
-    with Store(path, "r") as store:
-        names = store._namespace_names()
-    out = {}
-    for name in names:
-        rank = None if name == "main" else int(name[1:])
-        with Store(path, "a", rank=rank) as st:
-            out[name] = st.compact()
-    return out

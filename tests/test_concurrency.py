@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -423,7 +422,7 @@ def test_ranks_creating_a_new_store_at_the_same_time(fast_tmp):
     path = fast_tmp / "fresh.gs"
     plan = plan_for(fast_tmp, "rank0", ops=simple_ops(3, "R_0_E_0_S_0_B_0/m"), rank=0,
                     store=str(path))
-    plan["pause"] = {"fn": "replace|rename|link", "where": ["Store._open_marker"], "n": 1,
+    plan["pause"] = {"fn": "replace|rename|link", "where": ["open_marker"], "n": 1,
                      "how": "before",
                      "paused": str(fast_tmp / "paused"), "go": str(fast_tmp / "go")}
     pid = fork_writer(plan)

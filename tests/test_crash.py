@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +51,7 @@ CLOSE = "Namespace.close"
 OPEN = "Namespace.open_write"
 REBUILD = "Namespace.rebuild"
 DISCARD = "Namespace._discard_uncommitted"
-MARKER = "Store._open_marker"
+MARKER = "open_marker"
 
 
 # -- running the writer -------------------------------------------------------------

@@ -122,7 +122,7 @@ def export_main(argv: list[str] | None = None, prog: str = "gradstore export") -
     args = parser.parse_args(argv)
     from tqdm import tqdm
 
-    from ..store import parse_size
+    from ..marker import parse_size
     from .export import export
     from .progress import human_bytes
     try:
