@@ -8,6 +8,8 @@ appended since the snapshot live in a plain dict and shadow the base rows.
 """
 from __future__ import annotations
 
+import bisect
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -90,6 +92,7 @@ _U64 = np.dtype("<u8")
 _COLS = {"kind": "u1", "dtype": "u1", "ndim": "u1", "seq": "<u4", "hlen": "<u4",
          "offset": "<u8", "plen": "<u8", "checksum": "<u8", "time": "<i8"}
 _REC = np.dtype([(name, dt) for name, dt in _COLS.items()])
+_MV_CODES = "BBBIIQQQq"  # the _COLS as native memoryview formats (little-endian machines)
 _KINDS = (fmt.KIND_TENSOR, fmt.KIND_VARIANT)
 
 
@@ -110,6 +113,10 @@ class Index:
         self._kstart = np.zeros(1, np.int64)         # key r is blob[kstart[r]:kstart[r+1]-1]
         self._hash = np.zeros(0, _U64)               # id hashes, sorted
         self._order = np.zeros(0, np.int64)          # base row of each sorted hash
+        # The hot path reads single rows through memoryviews, which return
+        # Python ints without numpy's per-scalar overhead.
+        self._mv: tuple = ()
+        self._hash_mv = self._order_mv = self._kstart_mv = self._dims_mv = self._dstart_mv = None
         self._extra: dict[int, dict] = {}
         self._overridden: set[int] = set()           # base rows shadowed by the tail
         self._tail: dict[int, dict[str, Entry]] = {k: {} for k in _KINDS}
@@ -123,17 +130,20 @@ class Index:
         return self._count[fmt.KIND_TENSOR]
 
     def _key_bytes(self, row: int) -> bytes:
-        return self._blob[self._kstart[row]:self._kstart[row + 1] - 1]
+        ks = self._kstart_mv
+        return self._blob[ks[row]:ks[row + 1] - 1]
 
     def _base_row(self, kind: int, id_: str) -> int | None:
         if not self._n:
             return None
         h = id_hash(id_)
-        i = int(np.searchsorted(self._hash, np.uint64(h)))
+        hashes = self._hash_mv
+        i = bisect.bisect_left(hashes, h)
         want = id_.encode("utf-8")
-        while i < self._n and int(self._hash[i]) == h:
-            row = int(self._order[i])
-            if self._rec[row]["kind"] == kind:
+        kinds = self._mv[0]
+        while i < self._n and hashes[i] == h:
+            row = self._order_mv[i]
+            if kinds[row] == kind:
                 got = self._key_bytes(row)
                 if kind == fmt.KIND_VARIANT:
                     got += b"\0" + self._extra[row]["codec"].encode("utf-8")
@@ -143,9 +153,9 @@ class Index:
         return None
 
     def entry_at(self, row: int) -> Entry:
-        kind, dt, ndim, seq, hlen, offset, plen, check, t = self._rec[row].item()
-        start = int(self._dim_start[row])
-        shape = tuple(self._dims[start:start + ndim].tolist())
+        kind, dt, ndim, seq, hlen, offset, plen, check, t = [col[row] for col in self._mv]
+        start = self._dstart_mv[row]
+        shape = tuple(self._dims_mv[start:start + ndim])
         key = self._key_bytes(row).decode("utf-8")
         return Entry(kind, key, seq, offset, hlen, plen, dtypes.NAMES[dt], shape, check, t,
                      self._extra.get(row), self.ns)
@@ -285,6 +295,14 @@ class Index:
             raise ValueError("snapshot hash columns disagree with n")
         idx._extra = {int(k): v for k, v in body["extra"].items()}
         idx._n = n
+        if sys.byteorder != "little":  # the memoryviews read native order
+            raise ValueError("gradstore snapshots are read on little-endian machines only")
+        idx._mv = tuple(memoryview(body[name]).cast(code) for name, code in zip(_COLS, _MV_CODES))
+        idx._hash_mv = memoryview(body["hash"]).cast("Q")
+        idx._order_mv = memoryview(body["order"]).cast("I")
+        idx._kstart_mv = memoryview(idx._kstart)
+        idx._dims_mv = memoryview(body["dims"]).cast("Q")
+        idx._dstart_mv = memoryview(idx._dim_start)
         kinds = rec["kind"]
         for k in _KINDS:
             idx._count[k] = int(np.count_nonzero(kinds == k))
