@@ -155,7 +155,7 @@ def cmd_synth(args) -> int:
 def cmd_encode(args) -> int:
     with open_store(args.path, "a") as gs:
         for spec in args.codec:
-            result = gs.encode(spec, progress=None if not args.quiet else False, **filters_of(args))
+            result = gs.encode(spec, progress=False if args.quiet else None, **filters_of(args))
             print(result)
             for key, reason in result.failed.items():
                 print(f"not encodable: {key}: {reason}", file=sys.stderr)

@@ -42,10 +42,6 @@ def align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
 
-def padding(n: int) -> bytes:
-    return bytes(align(n) - n)
-
-
 # -- segment header ---------------------------------------------------------
 
 SEG_MAGIC = b"GRADSEG\n"

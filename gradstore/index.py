@@ -91,7 +91,6 @@ def entry_id(kind: int, key: str, extra: dict | None) -> str:
 _U64 = np.dtype("<u8")
 _COLS = {"kind": "u1", "dtype": "u1", "ndim": "u1", "seq": "<u4", "hlen": "<u4",
          "offset": "<u8", "plen": "<u8", "checksum": "<u8", "time": "<i8"}
-_REC = np.dtype([(name, dt) for name, dt in _COLS.items()])
 _MV_CODES = "BBBIIQQQq"  # the _COLS as native memoryview formats (little-endian machines)
 _KINDS = (fmt.KIND_TENSOR, fmt.KIND_VARIANT)
 
@@ -106,13 +105,11 @@ class Index:
     def __init__(self, ns: str):
         self.ns = ns
         self._n = 0                                  # rows in the base (from a snapshot)
-        self._rec = np.zeros(0, _REC)
+        self._cols = {name: np.zeros(0, dt) for name, dt in _COLS.items()}  # views of the snapshot
         self._dims = np.zeros(0, _U64)
         self._dim_start = np.zeros(1, np.int64)
         self._blob = b""                             # base keys, NUL-joined UTF-8
         self._kstart = np.zeros(1, np.int64)         # key r is blob[kstart[r]:kstart[r+1]-1]
-        self._hash = np.zeros(0, _U64)               # id hashes, sorted
-        self._order = np.zeros(0, np.int64)          # base row of each sorted hash
         # The hot path reads single rows through memoryviews, which return
         # Python ints without numpy's per-scalar overhead.
         self._mv: tuple = ()
@@ -122,7 +119,6 @@ class Index:
         self._tail: dict[int, dict[str, Entry]] = {k: {} for k in _KINDS}
         self._count = {k: 0 for k in _KINDS}
         self._base_keys: list[str] | None = None
-        self.superseded = 0                          # entries replaced by a later one
 
     # -- reading -------------------------------------------------------------
 
@@ -170,7 +166,7 @@ class Index:
     def _live_base_rows(self, kind: int | None = None) -> np.ndarray:
         mask = np.ones(self._n, bool)
         if kind is not None:
-            mask &= self._rec["kind"] == kind
+            mask &= self._cols["kind"] == kind
         if self._overridden:
             mask[np.fromiter(self._overridden, np.int64)] = False
         return np.flatnonzero(mask)
@@ -200,7 +196,7 @@ class Index:
         """(stream, seq) -> end of the last record any entry points into there."""
         hw: dict[tuple[int, int], int] = {}
         if self._n:
-            r = self._rec
+            r = self._cols
             ends = (r["offset"] + r["hlen"].astype(np.uint64) + r["plen"] + np.uint64(fmt.ALIGN - 1)) \
                 & ~np.uint64(fmt.ALIGN - 1)
             pairs = r["kind"].astype(np.uint64) << np.uint64(32) | r["seq"].astype(np.uint64)
@@ -220,13 +216,10 @@ class Index:
         kind = entry.kind
         id_ = entry.id
         table = self._tail[kind]
-        if id_ in table:
-            self.superseded += 1
-        else:
+        if id_ not in table:
             row = self._base_row(kind, id_)
             if row is not None and row not in self._overridden:
-                self._overridden.add(row)
-                self.superseded += 1
+                self._overridden.add(row)  # a newer entry shadows the base row
             else:
                 self._count[kind] += 1
         table[id_] = entry
@@ -237,12 +230,14 @@ class Index:
         """Columns over the live entries, as spec/FORMAT.md section 6 lays out."""
         base = self._live_base_rows()
         tail = [e for k in _KINDS for e in self._tail[k].values()]
-        rec = np.concatenate([self._rec[base], np.array(
-            [(e.kind, dtypes.CODE[e.dtype], len(e.shape), e.seq, e.header_len, e.offset,
-              e.payload_len, e.checksum, e.time) for e in tail], _REC)])
+        tail_rows = [(e.kind, dtypes.CODE[e.dtype], len(e.shape), e.seq, e.header_len, e.offset,
+                      e.payload_len, e.checksum, e.time) for e in tail]
+        cols = {name: np.concatenate([self._cols[name][base],
+                                      np.array([row[i] for row in tail_rows], dt)]).astype(dt)
+                for i, (name, dt) in enumerate(_COLS.items())}
         dims_parts = []
         if len(base):
-            nd = self._rec["ndim"][base].astype(np.int64)
+            nd = self._cols["ndim"][base].astype(np.int64)
             starts = self._dim_start[base]
             idx = np.repeat(starts - np.concatenate([[0], np.cumsum(nd)[:-1]]), nd) + np.arange(nd.sum())
             dims_parts.append(self._dims[idx])
@@ -257,30 +252,27 @@ class Index:
             if e.extra is not None:
                 extra[i] = e.extra
         hashes = np.fromiter(
-            (fmt.xxh3(k + b"\0" + extra[i]["codec"].encode("utf-8")) if rec["kind"][i] == fmt.KIND_VARIANT
+            (fmt.xxh3(k + b"\0" + extra[i]["codec"].encode("utf-8")) if cols["kind"][i] == fmt.KIND_VARIANT
              else fmt.xxh3(k) for i, k in enumerate(keys)), _U64, count=len(keys))
         order = np.argsort(hashes, kind="stable")
         body = {"n": len(keys), "log": log, "log_offset": log_offset,
                 "keys": b"\0".join(keys) + (b"\0" if keys else b""), "extra": extra,
                 "dims": np.concatenate(dims_parts).astype(_U64).tobytes(),
                 "hash": hashes[order].tobytes(), "order": order.astype("<u4").tobytes()}
-        body.update({name: np.ascontiguousarray(rec[name]).astype(dt).tobytes()
-                     for name, dt in _COLS.items()})
+        body.update({name: col.tobytes() for name, col in cols.items()})
         return body
 
     @classmethod
     def from_snapshot(cls, body: dict, ns: str) -> "Index":
         idx = cls(ns)
         n = body["n"]
-        rec = np.empty(n, _REC)
         for name, dt in _COLS.items():
-            col = np.frombuffer(body[name], np.dtype(dt))
+            col = np.frombuffer(body[name], np.dtype(dt))  # a view: no copy at open
             if len(col) != n:
                 raise ValueError(f"snapshot column {name} has {len(col)} rows, expected {n}")
-            rec[name] = col
-        idx._rec = rec
+            idx._cols[name] = col
         idx._dims = np.frombuffer(body["dims"], _U64)
-        idx._dim_start = np.concatenate([[0], np.cumsum(rec["ndim"], dtype=np.int64)])
+        idx._dim_start = np.concatenate([[0], np.cumsum(idx._cols["ndim"], dtype=np.int64)])
         if idx._dim_start[-1] != len(idx._dims):
             raise ValueError("snapshot shapes disagree with ndim")
         blob = body["keys"]
@@ -289,9 +281,7 @@ class Index:
             raise ValueError("snapshot key list disagrees with n")
         idx._blob = blob
         idx._kstart = np.concatenate([[0], seps + 1]).astype(np.int64)
-        idx._hash = np.frombuffer(body["hash"], _U64)
-        idx._order = np.frombuffer(body["order"], "<u4").astype(np.int64)
-        if len(idx._hash) != n or len(idx._order) != n:
+        if len(body["hash"]) != 8 * n or len(body["order"]) != 4 * n:
             raise ValueError("snapshot hash columns disagree with n")
         idx._extra = {int(k): v for k, v in body["extra"].items()}
         idx._n = n
@@ -303,7 +293,7 @@ class Index:
         idx._kstart_mv = memoryview(idx._kstart)
         idx._dims_mv = memoryview(body["dims"]).cast("Q")
         idx._dstart_mv = memoryview(idx._dim_start)
-        kinds = rec["kind"]
+        kinds = idx._cols["kind"]
         for k in _KINDS:
             idx._count[k] = int(np.count_nonzero(kinds == k))
         return idx

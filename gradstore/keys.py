@@ -46,8 +46,10 @@ def bucket_name(rank: int, epoch: int, step: int, bucket: int) -> str:
     return f"R_{rank}_E_{epoch}_S_{step}_B_{bucket}"
 
 
-def is_bucket_name(name: str) -> bool:
-    return _BUCKET_RE.fullmatch(name) is not None
+def parse_bucket(name: str) -> Key | None:
+    """The Key of a bucket name ``R_E_S_B`` (module empty), or None."""
+    m = _BUCKET_RE.fullmatch(name)
+    return None if m is None else Key(*map(int, m.groups()), "")
 
 
 def try_parse(key: str) -> Key | None:

@@ -221,16 +221,19 @@ class Namespace:
         """Snapshot the index and rotate the log (spec section 6)."""
         self._rotate(self.log.gen + 1, self.log.fsync)
 
-    def _rotate(self, gen: int, fsync: bool) -> None:
+    def _rotate(self, gen: int, fsync: bool) -> dict:
+        """Publish a snapshot that continues in log ``gen``; return its body."""
         self.sync()
         create_log(self.dir, gen)
-        write_snapshot(self.dir, self.index.to_snapshot(gen, fmt.LOG_HEADER_SIZE))
+        body = self.index.to_snapshot(gen, fmt.LOG_HEADER_SIZE)
+        write_snapshot(self.dir, body)
         if self.log is not None:
             self.log.close()
         self.log = LogWriter(self.dir, gen, fmt.LOG_HEADER_SIZE, fsync)
         for old in list_logs(self.dir):
             if old < gen:
                 (self.dir / log_name(old)).unlink(missing_ok=True)
+        return body
 
     def close(self) -> None:
         try:
@@ -328,12 +331,12 @@ class Namespace:
             moved = e._replace(seq=seq, offset=offset)
             self.log.append(moved.to_log())
             self.index.add(moved)
-        self.checkpoint()
+        body = self._rotate(self.log.gen + 1, self.log.fsync)
         self.maps.forget()
         for stream, seqs in old.items():
             for seq in seqs:
                 (self.dir / segment_name(stream, seq)).unlink(missing_ok=True)
-        self.index = Index.from_snapshot(read_snapshot(self.dir), self.name)
+        self.index = Index.from_snapshot(body, self.name)  # only the moved entries
         return before, self.disk_bytes()
 
     def disk_bytes(self) -> int:

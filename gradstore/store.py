@@ -17,7 +17,7 @@ from . import format as fmt
 from .arrays import as_array
 from .errors import ChecksumError, GradstoreError, KeyExistsError, ReadOnlyError
 from .index import Entry
-from .keys import Selector, check_key, is_bucket_name, select, try_parse
+from .keys import Selector, check_key, parse_bucket, select, try_parse
 from .marker import NAMESPACE_RE, open_marker, parse_size
 from .namespace import Namespace, Problem
 
@@ -211,9 +211,9 @@ class Store:
     def buckets(self, *, rank=None, epoch=None, step=None, bucket=None) -> list[str]:
         """Bucket names (``R_E_S_B``) in natural order, optionally filtered."""
         sel = Selector(rank, epoch, step, bucket)
-        names = [b for b in self._bucket_table() if is_bucket_name(b)]
-        chosen = [b for b in names if sel.matches(try_parse(b + "/x"))]
-        return sorted(chosen, key=lambda b: try_parse(b + "/x")[:4])
+        parsed = ((parse_bucket(b), b) for b in self._bucket_table())
+        chosen = [(k, b) for k, b in parsed if k is not None and sel.matches(k)]
+        return [b for _, b in sorted(chosen)]
 
     def bucket(self, name: str) -> dict[str, np.ndarray]:
         """{module: array} of one bucket, KeyError if it holds nothing."""

@@ -18,10 +18,6 @@ _TO_TORCH = {
 _FROM_TORCH = {v: k for k, v in _TO_TORCH.items()}
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    return _TO_TORCH[name]
-
-
 def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor (a copy only if it is on another device)."""
     name = _FROM_TORCH.get(t.dtype)
