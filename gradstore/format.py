@@ -27,7 +27,6 @@ MARKER = "GRADSTORE"
 MAX_KEY_BYTES = 4096
 
 xxh3 = xxhash.xxh3_64_intdigest
-Xxh3 = xxhash.xxh3_64  # streaming form, same digest
 
 
 def check_magic(buf, magic: bytes, version: int, what: str, where: str) -> None:

@@ -1,14 +1,17 @@
 """The in-memory offset table of one namespace, and its columnar snapshot form.
 
 Rows loaded from a snapshot stay in numpy arrays: the keys as one UTF-8 blob,
-a sorted column of key hashes to find a row in O(log n), and the fields as a
-structured array. Opening a store of a million keys therefore creates no
-per-key Python objects; an Entry is built when a key is asked for. Entries
-appended since the snapshot live in a plain dict and shadow the base rows.
+the snapshot's sorted column of key hashes with a directory on their top bits
+(one probe finds a key's few candidates), and the fields as one 64-byte row
+per entry.  Opening a store of a million keys therefore creates no per-key
+Python objects; an Entry is built when a key is asked for, and a plain get
+(``locate``) builds none.  Entries appended since the snapshot live in a plain
+dict and shadow the base rows.
 """
 from __future__ import annotations
 
 import bisect
+import struct
 import sys
 from typing import NamedTuple
 
@@ -91,8 +94,20 @@ def entry_id(kind: int, key: str, extra: dict | None) -> str:
 _U64 = np.dtype("<u8")
 _COLS = {"kind": "u1", "dtype": "u1", "ndim": "u1", "seq": "<u4", "hlen": "<u4",
          "offset": "<u8", "plen": "<u8", "checksum": "<u8", "time": "<i8"}
-_MV_CODES = "BBBIIQQQq"  # the _COLS as native memoryview formats (little-endian machines)
 _KINDS = (fmt.KIND_TENSOR, fmt.KIND_VARIANT)
+
+# In memory, the snapshot's columns become one row of 64 bytes per entry (a
+# cache line), with where its key and shape sit: a lookup touches one row, not
+# eleven columns.  The struct layout and the numpy dtype describe the same bytes.
+_ROW = struct.Struct("<BBBxIIIQQQqQQ")
+_ROW_FIELDS = ("kind", "dtype", "ndim", "seq", "hlen", "klen", "offset", "plen", "checksum",
+               "time", "kstart", "dstart")
+_ROW_DTYPE = np.dtype({"names": list(_ROW_FIELDS),
+                       "formats": ["u1", "u1", "u1", "<u4", "<u4", "<u4", "<u8", "<u8", "<u8",
+                                   "<i8", "<u8", "<u8"],
+                       "offsets": [0, 1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56], "itemsize": 64})
+assert _ROW.size == _ROW_DTYPE.itemsize
+_MIN_DIRECTORY = 256  # below this many rows, binary search is as quick as the directory
 
 
 def id_hash(id_: str) -> int:
@@ -105,15 +120,14 @@ class Index:
     def __init__(self, ns: str):
         self.ns = ns
         self._n = 0                                  # rows in the base (from a snapshot)
-        self._cols = {name: np.zeros(0, dt) for name, dt in _COLS.items()}  # views of the snapshot
+        self._rows = np.zeros(0, _ROW_DTYPE)
+        self._cols = {name: self._rows[name] for name in _ROW_FIELDS}  # views of the rows
         self._dims = np.zeros(0, _U64)
-        self._dim_start = np.zeros(1, np.int64)
         self._blob = b""                             # base keys, NUL-joined UTF-8
-        self._kstart = np.zeros(1, np.int64)         # key r is blob[kstart[r]:kstart[r+1]-1]
-        # The hot path reads single rows through memoryviews, which return
-        # Python ints without numpy's per-scalar overhead.
-        self._mv: tuple = ()
-        self._hash_mv = self._order_mv = self._kstart_mv = self._dims_mv = self._dstart_mv = None
+        # The hot path reads through memoryviews and struct, which return Python
+        # ints without numpy's per-scalar overhead.
+        self._rows_mv = self._hash_mv = self._order_mv = self._dims_mv = self._dir_mv = None
+        self._shift = 64
         self._extra: dict[int, dict] = {}
         self._overridden: set[int] = set()           # base rows shadowed by the tail
         self._tail: dict[int, dict[str, Entry]] = {k: {} for k in _KINDS}
@@ -125,43 +139,67 @@ class Index:
     def __len__(self) -> int:
         return self._count[fmt.KIND_TENSOR]
 
-    def _key_bytes(self, row: int) -> bytes:
-        ks = self._kstart_mv
-        return self._blob[ks[row]:ks[row + 1] - 1]
-
-    def _base_row(self, kind: int, id_: str) -> int | None:
+    def _base_row(self, kind: int, id_: str) -> tuple[int, tuple] | None:
+        """(row, its unpacked fields) of a base entry, or None.  The hot path of a get."""
         if not self._n:
             return None
-        h = id_hash(id_)
-        hashes = self._hash_mv
-        i = bisect.bisect_left(hashes, h)
         want = id_.encode("utf-8")
-        kinds = self._mv[0]
+        h = fmt.xxh3(want)
+        hashes = self._hash_mv
+        if self._dir_mv is not None:  # the few rows whose hashes share h's top bits
+            b = h >> self._shift
+            i, stop = self._dir_mv[b], self._dir_mv[b + 1]
+            while i < stop and hashes[i] < h:
+                i += 1
+        else:
+            i = bisect.bisect_left(hashes, h)
         while i < self._n and hashes[i] == h:
             row = self._order_mv[i]
-            if kinds[row] == kind:
-                got = self._key_bytes(row)
+            fields = _ROW.unpack_from(self._rows_mv, row * 64)
+            if fields[0] == kind:
+                start = fields[10]
+                got = self._blob[start:start + fields[5]]
                 if kind == fmt.KIND_VARIANT:
                     got += b"\0" + self._extra[row]["codec"].encode("utf-8")
                 if got == want:
-                    return row
+                    return row, fields
             i += 1
         return None
 
+    def _entry(self, row: int, fields: tuple) -> Entry:
+        kind, dt, ndim, seq, hlen, klen, offset, plen, check, t, kstart, dstart = fields
+        # tuple.__new__ skips the NamedTuple's argument parsing: this is the hot path.
+        return tuple.__new__(Entry, (kind, self._blob[kstart:kstart + klen].decode("utf-8"), seq,
+                                     offset, hlen, plen, dtypes.NAMES[dt],
+                                     tuple(self._dims_mv[dstart:dstart + ndim]), check, t,
+                                     self._extra.get(row), self.ns))
+
     def entry_at(self, row: int) -> Entry:
-        kind, dt, ndim, seq, hlen, offset, plen, check, t = [col[row] for col in self._mv]
-        start = self._dstart_mv[row]
-        shape = tuple(self._dims_mv[start:start + ndim])
-        key = self._key_bytes(row).decode("utf-8")
-        return Entry(kind, key, seq, offset, hlen, plen, dtypes.NAMES[dt], shape, check, t,
-                     self._extra.get(row), self.ns)
+        return self._entry(row, _ROW.unpack_from(self._rows_mv, row * 64))
 
     def get(self, kind: int, id_: str) -> Entry | None:
         e = self._tail[kind].get(id_)
-        if e is not None:
+        if e is not None or not self._n:
             return e
-        row = self._base_row(kind, id_)
-        return None if row is None else self.entry_at(row)
+        found = self._base_row(kind, id_)
+        return None if found is None else self._entry(*found)
+
+    def locate(self, key: str) -> tuple | None:
+        """(seq, payload start, payload end, numpy dtype, shape) of a tensor key.
+
+        What a zero-copy get needs and no more: no Entry is built, which
+        for a snapshot row is most of a lookup's cost.
+        """
+        e = self._tail[fmt.KIND_TENSOR].get(key)
+        if e is not None:
+            start = e.offset + e.header_len
+            return e.seq, start, start + e.payload_len, dtypes.to_numpy(e.dtype), e.shape
+        found = self._base_row(fmt.KIND_TENSOR, key)
+        if found is None:
+            return None
+        _, dt, ndim, seq, hlen, _, offset, plen, _, _, _, dstart = found[1]
+        start = offset + hlen
+        return seq, start, start + plen, dtypes.NUMPY[dt], tuple(self._dims_mv[dstart:dstart + ndim])
 
     def _live_base_rows(self, kind: int | None = None) -> np.ndarray:
         mask = np.ones(self._n, bool)
@@ -217,9 +255,9 @@ class Index:
         id_ = entry.id
         table = self._tail[kind]
         if id_ not in table:
-            row = self._base_row(kind, id_)
-            if row is not None and row not in self._overridden:
-                self._overridden.add(row)  # a newer entry shadows the base row
+            found = self._base_row(kind, id_)
+            if found is not None and found[0] not in self._overridden:
+                self._overridden.add(found[0])  # a newer entry shadows the base row
             else:
                 self._count[kind] += 1
         table[id_] = entry
@@ -238,11 +276,13 @@ class Index:
         dims_parts = []
         if len(base):
             nd = self._cols["ndim"][base].astype(np.int64)
-            starts = self._dim_start[base]
+            starts = self._cols["dstart"][base].astype(np.int64)
             idx = np.repeat(starts - np.concatenate([[0], np.cumsum(nd)[:-1]]), nd) + np.arange(nd.sum())
             dims_parts.append(self._dims[idx])
         dims_parts.append(np.fromiter((d for e in tail for d in e.shape), _U64))
-        base_keys = [self._key_bytes(r) for r in base.tolist()]
+        blob = self._blob
+        base_keys = [blob[k:k + n] for k, n in zip(self._cols["kstart"][base].tolist(),
+                                                   self._cols["klen"][base].tolist())]
         keys = base_keys + [e.key.encode("utf-8") for e in tail]
         extra = {}
         for i, r in enumerate(base.tolist()):
@@ -266,34 +306,49 @@ class Index:
     def from_snapshot(cls, body: dict, ns: str) -> "Index":
         idx = cls(ns)
         n = body["n"]
+        if sys.byteorder != "little":  # struct and the memoryviews read native order
+            raise ValueError("gradstore snapshots are read on little-endian machines only")
+        rows = np.empty(n, _ROW_DTYPE)
         for name, dt in _COLS.items():
-            col = np.frombuffer(body[name], np.dtype(dt))  # a view: no copy at open
+            col = np.frombuffer(body[name], np.dtype(dt))
             if len(col) != n:
                 raise ValueError(f"snapshot column {name} has {len(col)} rows, expected {n}")
-            idx._cols[name] = col
+            rows[name] = col
         idx._dims = np.frombuffer(body["dims"], _U64)
-        idx._dim_start = np.concatenate([[0], np.cumsum(idx._cols["ndim"], dtype=np.int64)])
-        if idx._dim_start[-1] != len(idx._dims):
+        dim_end = np.cumsum(rows["ndim"], dtype=np.uint64)
+        if (dim_end[-1] if n else 0) != len(idx._dims):
             raise ValueError("snapshot shapes disagree with ndim")
+        rows["dstart"] = dim_end - rows["ndim"]
         blob = body["keys"]
         seps = np.flatnonzero(np.frombuffer(blob, np.uint8) == 0)
         if len(seps) != n:
             raise ValueError("snapshot key list disagrees with n")
-        idx._blob = blob
-        idx._kstart = np.concatenate([[0], seps + 1]).astype(np.int64)
-        if len(body["hash"]) != 8 * n or len(body["order"]) != 4 * n:
+        rows["kstart"][1:] = seps[:-1] + 1
+        rows["kstart"][:1] = 0
+        rows["klen"] = seps - rows["kstart"]
+        hashes = np.frombuffer(body["hash"], _U64)
+        order = np.frombuffer(body["order"], np.dtype("<u4"))
+        if len(hashes) != n or len(order) != n:
             raise ValueError("snapshot hash columns disagree with n")
+        idx._blob = blob
+        idx._rows = rows
+        idx._cols = {name: rows[name] for name in _ROW_FIELDS}
         idx._extra = {int(k): v for k, v in body["extra"].items()}
         idx._n = n
-        if sys.byteorder != "little":  # the memoryviews read native order
-            raise ValueError("gradstore snapshots are read on little-endian machines only")
-        idx._mv = tuple(memoryview(body[name]).cast(code) for name, code in zip(_COLS, _MV_CODES))
+        idx._rows_mv = memoryview(rows.view(np.uint8))
         idx._hash_mv = memoryview(body["hash"]).cast("Q")
         idx._order_mv = memoryview(body["order"]).cast("I")
-        idx._kstart_mv = memoryview(idx._kstart)
         idx._dims_mv = memoryview(body["dims"]).cast("Q")
-        idx._dstart_mv = memoryview(idx._dim_start)
-        kinds = idx._cols["kind"]
+        if n >= _MIN_DIRECTORY:
+            # directory[b] = the first sorted hash whose top bits are >= b: one
+            # probe finds the few rows to search, instead of log2(n) probes.
+            bits = n.bit_length() - 1
+            idx._shift = 64 - bits
+            counts = np.bincount((hashes >> np.uint64(idx._shift)).astype(np.intp), minlength=1 << bits)
+            directory = np.zeros((1 << bits) + 1, np.uint32)
+            np.cumsum(counts, out=directory[1:])
+            idx._dir_mv = memoryview(directory)
+        kinds = rows["kind"]
         for k in _KINDS:
             idx._count[k] = int(np.count_nonzero(kinds == k))
         return idx

@@ -5,6 +5,7 @@ import mmap
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import format as fmt
@@ -56,10 +57,18 @@ def write_all(fd: int, buffers: list, offset: int | None = None) -> None:
             views[0] = views[0][n:]
 
 
-# Large payloads are hashed and written a chunk at a time, so the bytes the hash
-# just read are still in cache when the kernel copies them: memory, not the CPU,
-# is what limits a write on small machines.
-CHUNK = 1 << 20
+# A large payload is hashed by a second thread while this one writes it: xxhash
+# and pwritev both release the GIL, so the hash costs no time when a core is
+# free.  Below this size the hand-off costs more than the hash.
+PARALLEL_HASH = 1 << 20
+_hash_pool: ThreadPoolExecutor | None = None
+
+
+def _hasher() -> ThreadPoolExecutor:
+    global _hash_pool
+    if _hash_pool is None:
+        _hash_pool = ThreadPoolExecutor(1, thread_name_prefix="gradstore-hash")
+    return _hash_pool
 
 
 class FileHandle:
@@ -141,7 +150,7 @@ class SegmentWriter(FileHandle):
         """Write one record; return (seq, record offset, header length, payload checksum).
 
         All or nothing: a failure cuts the segment back. A large payload is
-        written before its header, chunk by chunk as it is hashed; until the
+        written before its header, while another thread hashes it; until the
         header lands those bytes are no record, so a crash in between leaves
         a torn tail that recovery drops.
         """
@@ -151,15 +160,12 @@ class SegmentWriter(FileHandle):
         pad = bytes(total - hlen - plen)
         offset = self._reserve(total)
         try:
-            if plen > CHUNK:
-                view = memoryview(payload).cast("B")
-                hasher = fmt.Xxh3()
-                for i in range(0, plen, CHUNK):
-                    chunk = view[i:i + CHUNK]
-                    hasher.update(chunk)
-                    write_all(self.fd, [chunk], offset + hlen + i)
-                write_all(self.fd, [pad], offset + hlen + plen)
-                checksum = hasher.intdigest()
+            if plen >= PARALLEL_HASH:
+                hashed = _hasher().submit(fmt.xxh3, payload)
+                try:
+                    write_all(self.fd, [payload, pad], offset + hlen)
+                finally:
+                    checksum = hashed.result()  # never leave the thread reading the payload
                 write_all(self.fd, [fmt.pack_record_header(kind, meta, plen, checksum)], offset)
             else:
                 checksum = fmt.xxh3(payload)

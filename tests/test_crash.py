@@ -514,7 +514,7 @@ def test_sigkill_between_a_large_payload_and_its_header(fast_tmp):
     just before the header leaves bytes that are no record, and recovery drops them."""
     path = fast_tmp / "big.gs"
     small = np.arange(10.0)
-    big = np.arange(1 << 19, dtype=np.float32)  # 2 MiB: the chunked path
+    big = np.arange(1 << 19, dtype=np.float32)  # 2 MiB: hashed in parallel, header last
     pid = os.fork()
     if pid == 0:  # the writer
         try:

@@ -351,6 +351,36 @@ def test_snapshot_and_log_replay_agree(tmp_path, monkeypatch):
             assert a.shape == (2, 3) and (a == want).all()
 
 
+def test_snapshot_lookup_at_scale_finds_every_key_and_no_other(tmp_path):
+    """Enough rows for the hash directory: every key, shape, variant and overwrite is found."""
+    import gradstore.index as idxmod
+    n = 3000
+    assert n >= 4 * idxmod._MIN_DIRECTORY
+    path = tmp_path / "many.gs"
+    with gradstore.open(path, "w") as gs:
+        for i in range(n):
+            gs.write(f"R_0_E_0_S_{i // 10}_B_{i % 10}/m.{i}", np.full((i % 4,) * (i % 3), i, np.int32))
+        gs.encode("zlib:level=1", keys=[f"R_0_E_0_S_0_B_{b}/m.{b}" for b in range(10)])
+    gradstore.repair(path)  # the whole index now comes from the snapshot
+    with gradstore.open(path, "a") as gs:
+        ns = gs._namespaces["main"]
+        assert ns.index._dir_mv is not None and len(ns.index._tail[1]) == 0
+        gs.write("R_0_E_0_S_0_B_3/m.3", np.arange(5, dtype=np.int8), overwrite=True)
+    with gradstore.open(path) as gs:
+        assert len(gs) == n
+        for i in range(n):
+            a = gs[f"R_0_E_0_S_{i // 10}_B_{i % 10}/m.{i}"]
+            if i == 3:
+                assert a.tolist() == list(range(5))
+                continue
+            assert a.dtype == np.int32 and a.shape == (i % 4,) * (i % 3) and (a == i).all()
+        for b in range(10):
+            assert gs.variant(f"R_0_E_0_S_0_B_{b}/m.{b}", "zlib:level=1").shape == ((b % 4,) * (b % 3))
+        for missing in ("R_0_E_0_S_0_B_0/m.1", "m.0", f"R_0_E_0_S_{n}_B_0/m.{n}", ""):
+            with pytest.raises(KeyError):
+                gs[missing]
+
+
 def test_golden_store_reads_and_writes_the_same_bytes(tmp_path):
     """tests/golden/v1.gs was written by format version 1.
 
