@@ -71,6 +71,15 @@ def _hasher() -> ThreadPoolExecutor:
     return _hash_pool
 
 
+def _forget_hasher() -> None:
+    """A forked child has no copy of the thread: it must start its own."""
+    global _hash_pool
+    _hash_pool = None
+
+
+os.register_at_fork(after_in_child=_forget_hasher)
+
+
 class FileHandle:
     """An open file descriptor; for writers, whether it needs an fsync."""
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import ml_dtypes
@@ -438,3 +440,31 @@ def test_rebuild_skips_a_damaged_record_header(tmp_path):
     with gradstore.open(path) as gs:
         assert gs.keys() == ["k0", "k1", "k3", "k4"]
         assert all(gs.get(k, verify=True)[0] == int(k[1]) for k in gs.keys())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_writes_large_payloads_after_the_parent_has(tmp_path):
+    """The hashing thread does not survive fork: the child must start its own, not hang."""
+    big = np.arange(1 << 19, dtype=np.float32)  # 2 MiB: hashed by the second thread
+    with gradstore.open(tmp_path / "parent.gs", "w") as gs:
+        gs.write("big", big)
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if the write round-trips
+        code = 1
+        try:
+            with gradstore.open(tmp_path / "child.gs", "w") as gs:
+                gs.write("big", big)
+            with gradstore.open(tmp_path / "child.gs") as gs:
+                code = 0 if np.array_equal(gs.get("big", verify=True), big) else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung writing a large payload")
