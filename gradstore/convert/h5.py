@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import dtypes
 from ..keys import bucket_name, check_key, sort_key, try_parse
-from .source import Item, Part, SourceError, one_line, opens
+from .source import Item, Part, SourceError, edges_of, one_line, opens
 
 SUFFIXES = (".h5", ".hdf5")
 LIBRARY = "h5py"   # what reading and writing need; imported only then
@@ -153,6 +153,21 @@ def _reader(ds, dpath: str, held: np.dtype, target: np.dtype):
     return read_into
 
 
+def _file_offset(ds, held: np.dtype, target: np.dtype) -> int | None:
+    """Where a dataset's bytes sit in the file, when they sit there whole and are
+    stored as they are: contiguous layout, no filter, no external file, no cast."""
+    if held != target or ds.dtype.byteorder == ">" or not ds.size:
+        return None
+    h5d = _h5py().h5d
+    try:
+        plist = ds.id.get_create_plist()
+        if plist.get_layout() != h5d.CONTIGUOUS or plist.get_external_count() or plist.get_nfilters():
+            return None
+        return ds.id.get_offset()
+    except Exception:  # an HDF5 too old to say, or a dataset it cannot place
+        return None
+
+
 @contextmanager
 def read(part: Part, dtype: str | None = None) -> Iterator[list[Item]]:
     with _open(part.path) as f:
@@ -163,7 +178,9 @@ def read(part: Part, dtype: str | None = None) -> Iterator[list[Item]]:
                 ds = f[dpath]
                 held, target = _target_dtype(ds, dpath, dtype)
                 items.append(Item(key_of(dpath), dtypes.name_of(target), ds.shape,
-                                  read_into=_reader(ds, dpath, held, target)))
+                                  read_into=_reader(ds, dpath, held, target),
+                                  offset=_file_offset(ds, held, target),
+                                  edges=lambda n, d=ds: edges_of(d, n)))
             except (ValueError, KeyError, OSError) as exc:
                 raise SourceError(f"{part.path}: {one_line(exc)}") from None
         yield items

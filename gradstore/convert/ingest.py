@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import GradstoreError
+from ..store import checksum
 from . import transfer
 from .source import SourceError, one_line
 from .transfer import Batch, Ref
@@ -55,6 +56,12 @@ def ingest(gs, batch: Batch, path: str) -> Outcome:
             else:
                 todo.append((ref, arr))
         for ref, arr in todo:
+            if ref.in_source:   # read again from the source file: it may have changed since
+                now = checksum(arr)
+                if now != ref.checksum:
+                    raise SourceError(
+                        f"{path}: {ref.key} changed after it was read (xxh3 {ref.checksum:016x} "
+                        f"then, {now:016x} now); not stored")
             try:
                 e = gs.write(ref.key, arr)
             except GradstoreError as exc:

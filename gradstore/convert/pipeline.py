@@ -9,12 +9,10 @@ file is deleted only if every tensor matches what the store holds.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,53 +21,14 @@ from typing import Iterable, Iterator
 from . import source, worker
 from .ingest import ingest, matches
 from .progress import Display, Report
+from .readers import make_executor, readers_need
 from .signals import GracefulStop
 from .source import Part, SourceError, one_line
-from .transfer import Ref, Spool
+from .spool import Spool
+from .transfer import Ref
 
 DEFAULT_JOBS = min(4, os.cpu_count() or 1)
 SYNC_BYTES = 1 << 30   # with delete_source, commit (and delete) at least this often
-
-
-class InlineExecutor(Executor):
-    """Runs each task at submit time, in this process: ``jobs=0``."""
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        fut: Future = Future()
-        try:
-            fut.set_result(fn(*args, **kwargs))
-        except Exception as exc:
-            fut.set_exception(exc)
-        return fut
-
-
-def _start_method() -> str:
-    """forkserver: readers start clean (no threads or state of the writer inherited), fast.
-
-    The server imports what readers need (torch) once and forks them ready.
-    Like spawn, it imports the main script in each reader; when that script
-    is not a file (python - < script), fork is the only way.
-    """
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main_file is not None and not os.path.isfile(main_file):
-        return "fork"
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        return "forkserver"
-    return "spawn"
-
-
-def make_executor(jobs: int, preload: tuple[str, ...] = ()) -> Executor:
-    """``jobs`` reader processes (none: read in this process), with ``preload`` imported early."""
-    if jobs <= 0:
-        return InlineExecutor()
-    method = _start_method()
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        from multiprocessing import forkserver
-        ctx.set_forkserver_preload([worker.__name__, *preload])
-        forkserver.ensure_running()   # the imports overlap with opening the store and planning
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=worker.init,
-                               initargs=(os.getpid(),))
 
 
 @dataclass(frozen=True)
@@ -350,14 +309,6 @@ class Converter:
 
     def __exit__(self, exc_type, *exc) -> None:
         self.close(abort=exc_type is not None)
-
-
-def readers_need(files: Iterable[str | os.PathLike] | None) -> tuple[str, ...]:
-    """Modules worth importing in readers before the first file (None: any file may come)."""
-    import importlib.util
-    wanted = source.MODULES if files is None else {source.format_of(f) for f in files}
-    libs = [source.module(name).LIBRARY for name in source.MODULES if name in wanted]
-    return tuple(lib for lib in libs if importlib.util.find_spec(lib))
 
 
 def _stat(path: str):

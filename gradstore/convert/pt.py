@@ -2,13 +2,16 @@
 
 Only ``torch.load(weights_only=True, map_location="cpu")`` touches a file, so
 a pickle that holds anything but tensors and containers is refused, never run.
-Zip-format files (every torch.save since 1.6) are memory-mapped: a tensor is
-read once, when it is copied out.
+Zip-format files (every torch.save since 1.6) are memory-mapped, and there
+each storage is a zip record stored uncompressed: a contiguous tensor's
+bytes then have a file offset (see ``_offsets``), and are not copied out.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import struct
+import sys
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -20,11 +23,12 @@ import numpy as np
 from .. import dtypes
 from ..arrays import as_array, is_torch_tensor
 from . import naming
-from .source import Item, Part, SourceError, one_line
+from .source import Item, Part, SourceError, edges_of, one_line
 
 SUFFIXES = (".pt", ".pth")
 LIBRARY = "torch"   # what reading and writing need; imported only then
 _ZIP_LOCAL_MAGIC = b"PK\x03\x04"
+_ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")   # magic ... name length, extra length
 
 
 def plan(path: str | os.PathLike, dtype: str | None = None) -> list[Part]:
@@ -97,14 +101,66 @@ def items_of(path: str | os.PathLike, obj) -> list[Item]:
         raise SourceError(f"{path}: {exc}") from None
     if not pairs:
         raise SourceError(f"{path}: not a file of tensors: it holds no tensor")
-    for name, tensor in pairs:
+    offsets = _offsets(path, [t for _, t in pairs])
+    for (name, tensor), offset in zip(pairs, offsets, strict=True):
         try:
             key = naming.join(prefix, name)
             arr = as_array(tensor, what=f"tensor {name!r}" if name else "tensor")
         except (ValueError, TypeError) as exc:
             raise SourceError(f"{path}: {one_line(exc)}") from None
-        out.append(Item(key, dtypes.name_of(arr.dtype), arr.shape, array=lambda a=arr: a))
+        if arr.dtype.byteorder == ">" or not arr.nbytes:
+            offset = None
+        out.append(Item(key, dtypes.name_of(arr.dtype), arr.shape, array=lambda a=arr: a,
+                        offset=offset, edges=lambda n, a=arr: edges_of(a, n)))
     return out
+
+
+def _records(path: str | os.PathLike) -> dict[int, int]:
+    """{file offset: size} of the storages in a torch zip file that are stored uncompressed."""
+    out = {}
+    with open(path, "rb") as f, zipfile.ZipFile(f) as z:
+        infos = z.infolist()
+        if any(i.filename.endswith("/byteorder") and z.read(i) != b"little" for i in infos):
+            return {}
+        for info in infos:
+            parent = info.filename.rsplit("/", 2)[-2:-1]
+            if parent != ["data"] or info.compress_type != zipfile.ZIP_STORED or not info.file_size:
+                continue
+            f.seek(info.header_offset)
+            magic, name_len, extra_len = _ZIP_LOCAL_HEADER.unpack(f.read(_ZIP_LOCAL_HEADER.size))
+            if magic == _ZIP_LOCAL_MAGIC:
+                out[info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len] = info.file_size
+    return out
+
+
+def _offsets(path: str | os.PathLike, tensors: list) -> list[int | None]:
+    """The file offset of each tensor's bytes, None where they are not there contiguously.
+
+    torch.load(mmap=True) maps the whole file and gives each storage the
+    memory of its zip record, so address minus base is the file offset.
+    The base is found by matching the lowest storage to the first record,
+    and every storage must then land on a record of its size; anything else
+    (an older torch, a foreign writer, views into storages we cannot place)
+    gives None, and those tensors are copied out the usual way.
+    """
+    tensors = [t if is_torch_tensor(t) else None for t in tensors]
+    storages = {}
+    for t in tensors:
+        if t is not None and t.untyped_storage().nbytes():
+            s = t.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+    if sys.byteorder != "little" or not storages:
+        return [None] * len(tensors)
+    try:
+        records = _records(path)
+    except (OSError, zipfile.BadZipFile, struct.error, ValueError):
+        return [None] * len(tensors)
+    if not records:
+        return [None] * len(tensors)
+    base = min(storages) - min(records)
+    if any(records.get(ptr - base) != size for ptr, size in storages.items()):
+        return [None] * len(tensors)
+    return [t.data_ptr() - base if t is not None and t.is_contiguous() else None for t in tensors]
 
 
 @contextmanager

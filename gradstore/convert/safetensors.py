@@ -6,7 +6,9 @@ bf16 tensor still read.
 """
 from __future__ import annotations
 
+import json
 import os
+import struct
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +16,7 @@ from typing import Iterator
 from .. import dtypes
 from ..arrays import as_array
 from . import naming
-from .source import Item, Part, SourceError, one_line, opens
+from .source import Item, Part, SourceError, edges_of, one_line, opens
 
 SUFFIXES = (".safetensors",)
 LIBRARY = "safetensors"   # what reading and writing need; imported only then
@@ -82,6 +84,7 @@ def plan(path: str | os.PathLike, dtype: str | None = None) -> list[Part]:
 @contextmanager
 def read(part: Part, dtype: str | None = None) -> Iterator[list[Item]]:
     prefix = naming.prefix_of(part.path)
+    offsets = _offsets(part.path)
     with _open(part.path, _framework()) as f:
         names = part.names if part.names is not None else list(f.keys())
         items = []
@@ -89,10 +92,36 @@ def read(part: Part, dtype: str | None = None) -> Iterator[list[Item]]:
             try:
                 dt, shape = _spec(f, name)
                 items.append(Item(naming.join(prefix, name), dt, shape,
-                                  array=lambda n=name: _tensor(f, part.path, n)))
+                                  array=lambda n=name: _tensor(f, part.path, n),
+                                  offset=offsets.get(name),
+                                  edges=lambda k, n=name: edges_of(_Sliced(f, n), k)))
             except ValueError as exc:
                 raise SourceError(f"{part.path}: tensor {name!r}: {one_line(exc)}") from None
         yield items
+
+
+def _offsets(path: str | os.PathLike) -> dict[str, int]:
+    """{tensor name: file offset of its bytes}, from the header (the format's own layout:
+    an 8-byte header length, the JSON header, then the tensors, little-endian, C order)."""
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        return {name: 8 + n + int(spec["data_offsets"][0]) for name, spec in header.items()
+                if name != "__metadata__"}
+    except (OSError, ValueError, TypeError, KeyError, IndexError, struct.error, AttributeError):
+        return {}   # safe_open says what is wrong, or the tensors are copied out
+
+
+class _Sliced:
+    """A tensor of an open file that reads only the values it is sliced to."""
+
+    def __init__(self, f, name: str):
+        self.slice = f.get_slice(name)
+        self.shape = tuple(self.slice.get_shape())
+
+    def __getitem__(self, index):
+        return as_array(self.slice[index])
 
 
 def _tensor(f, path: str, name: str):

@@ -50,16 +50,29 @@ class Part:
 
 
 class Item:
-    """One tensor of a part: its key, dtype and shape, and how to get its bytes."""
+    """One tensor of a part: its key, dtype and shape, and how to get its bytes.
+
+    ``offset`` says where the bytes sit in the part's file, when they sit
+    there whole: C order, little-endian, this dtype, uncompressed.  The
+    converter then stores them straight from the file instead of copying
+    them out.  An offset is a claim to check, not to trust: ``edges`` (the
+    first and last few values, read through the format's library; None
+    when the format itself defines the offsets) are compared with the bytes
+    at the offset, and the stored checksum must equal the one read.
+    """
 
     def __init__(self, key: str, dtype: str, shape: tuple[int, ...],
                  array: Callable[[], np.ndarray] | None = None,
-                 read_into: Callable[[np.ndarray], None] | None = None):
+                 read_into: Callable[[np.ndarray], None] | None = None,
+                 offset: int | None = None,
+                 edges: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None):
         self.key = key
         self.dtype = dtype
         self.shape = tuple(int(n) for n in shape)
         self._array = array
         self._read_into = read_into
+        self.offset = offset
+        self.edges = edges
 
     @property
     def nbytes(self) -> int:
@@ -79,6 +92,18 @@ class Item:
             self._read_into(out)
         else:
             np.copyto(out, self._array(), casting="no")
+
+
+def edges_of(arr, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last ``count`` values (C order) of an array-like that slices like numpy:
+    a numpy array, a torch tensor or an h5py dataset, which then reads only those values."""
+    shape = tuple(arr.shape)
+    if not shape:
+        whole = np.asarray(arr[()]).reshape(-1)
+        return whole, whole
+    head = tuple(0 for _ in shape[:-1]) + (slice(0, count),)
+    tail = tuple(n - 1 for n in shape[:-1]) + (slice(max(shape[-1] - count, 0), None),)
+    return np.asarray(arr[head]).reshape(-1), np.asarray(arr[tail]).reshape(-1)
 
 
 def _formats() -> dict[str, str]:

@@ -1,23 +1,31 @@
 """Handing tensors from reader processes to the one writer without pickling them.
 
-A worker checksums the tensors of a part and writes them once (pwrite) into
-a file in a spool directory on tmpfs (/dev/shm), and sends back only a small
-:class:`Batch` that says where each tensor sits and its checksum.  The
-writer maps the file, stores the tensors straight from the map (the store
-checksums what it writes, which must match) and deletes the file.  The spool directory
-is named after the writer's pid, so a run killed with SIGKILL leaves nothing
-that the next run does not sweep away.
+A reader sends back only a small :class:`Batch` that says where each tensor
+of a part sits and the checksum of its bytes, in one of two places:
+
+* in the source file itself, when the format says the tensor's bytes sit
+  there whole and uncompressed (``Item.offset``) and the reader has checked
+  that they do.  The writer maps the source and stores the tensor straight
+  from the page cache: no copy but the store's own.
+* otherwise in a spool file (see spool.py): the reader writes the tensor
+  there once (pwrite); the writer maps the file and deletes it afterwards.
+
+The store checksums what it writes, which must equal the reader's checksum.
+A source file can change between the read and the write (a producer
+rewrites it): the writer compares the file's stat with the reader's, and
+hashes each tensor again just before storing it, so such a change is
+reported and not stored.  One window remains: a source truncated during the
+few milliseconds the writer reads a tensor from it kills the writer with
+SIGBUS, as it would a reader; a store is all or nothing per record, so the
+next run resumes cleanly.
 """
 from __future__ import annotations
 
 import mmap
 import os
-import shutil
-import tempfile
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -25,16 +33,26 @@ import numpy as np
 from .. import dtypes
 from ..format import align
 from ..store import checksum
-from .source import Item
+from .source import Item, SourceError, edges_of, one_line
 
-_SPOOL_PREFIX = "gradstore-convert-"
-_MIN_SHM_FREE = 1 << 30   # below this much free tmpfs, spool on the temp dir instead
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # one call maps a batch, not a fault per page
+_EDGE = 1024   # values compared at each end of a tensor found at a file offset
+
+Stat = tuple[int, int, int, int]  # device, inode, size, mtime_ns
+
+
+def stat_of(file: str | int) -> Stat:
+    """What identifies a version of a file (a path, or an open descriptor)."""
+    st = os.stat(file)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
 class Ref:
-    """One tensor of a batch: where it sits in the spool file, and its source checksum."""
+    """One tensor of a batch: where it sits, and the checksum of its source bytes.
+
+    ``offset`` is in the source file when ``in_source``, else in the spool file.
+    """
 
     key: str
     dtype: str
@@ -42,26 +60,22 @@ class Ref:
     offset: int
     nbytes: int
     checksum: int
+    in_source: bool = False
 
 
 @dataclass(frozen=True)
 class Batch:
-    """The tensors of one part, in a spool file (None when they hold no bytes)."""
+    """The tensors of one part: some in a spool file (None when it holds no bytes),
+    some in the source file, which was ``stat`` when the reader read it."""
 
     file: str | None
     refs: tuple[Ref, ...]
+    source: str | None = None
+    stat: Stat | None = None
 
     @property
     def nbytes(self) -> int:
         return sum(r.nbytes for r in self.refs)
-
-
-def _layout(items: list[Item]) -> tuple[list[int], int]:
-    offsets, end = [], 0
-    for it in items:
-        offsets.append(end)
-        end = align(end + it.nbytes)
-    return offsets, end
 
 
 def _view(buf, ref_dtype: str, shape: tuple[int, ...], offset: int) -> np.ndarray:
@@ -72,16 +86,96 @@ def _view(buf, ref_dtype: str, shape: tuple[int, ...], offset: int) -> np.ndarra
     return np.frombuffer(buf, dt, count, offset).reshape(shape)
 
 
-def pack(items: list[Item], spool: str) -> Batch:
-    """Write ``items`` into a new spool file, each with the checksum of its source bytes.
+class FileMap:
+    """A read-only map of bytes ``[lo, hi)`` of an open file, viewed by file offset."""
 
-    The bytes go in with pwrite, so this process maps nothing but the source:
-    its memory grows by at most one part's worth of source pages.
+    def __init__(self, fd: int, lo: int, hi: int, needed: int | None = None):
+        self.start = lo - lo % mmap.ALLOCATIONGRANULARITY
+        # Fault the pages in with one call, unless the range is mostly not ours.
+        populate = _POPULATE if needed is None or hi - self.start <= 2 * needed else 0
+        self.map = mmap.mmap(fd, hi - self.start, flags=mmap.MAP_SHARED | populate,
+                             prot=mmap.PROT_READ, offset=self.start)
+
+    def view(self, ref_dtype: str, shape: tuple[int, ...], offset: int) -> np.ndarray:
+        return _view(self.map, ref_dtype, shape, offset - self.start)
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except BufferError:  # a caller kept a view: the map goes when it does
+            pass
+
+
+# -- the reader's side -----------------------------------------------------------
+
+def pack(items: list[Item], spool: str, source: str | None = None,
+         stat: Stat | None = None) -> Batch:
+    """Checksum ``items``: those found in ``source`` stay there, the others go to a spool file.
+
+    ``stat`` is the source's stat from before it was read.  Memory grows by
+    at most one part's worth of source pages: the spool file is written with
+    pwrite, and the source is mapped, not copied.
     """
-    offsets, size = _layout(items)
+    found = _in_source(items, source) if source is not None else {}
+    rest = [it for i, it in enumerate(items) if i not in found]
+    file, spooled = _spool(rest, spool)
+    spooled_refs = iter(spooled)
+    refs = tuple(found[i] if i in found else next(spooled_refs) for i in range(len(items)))
+    if not found:
+        return Batch(file, refs)
+    return Batch(file, refs, source, stat)
+
+
+def _in_source(items: list[Item], path: str) -> dict[int, Ref]:
+    """{index: ref} of the items whose bytes are checked to sit at their offset in ``path``."""
+    want = [i for i, it in enumerate(items) if it.offset is not None and it.nbytes]
+    if not want:
+        return {}
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return {}
+    try:
+        size = os.fstat(fd).st_size
+        want = [i for i in want if 0 <= items[i].offset <= size - items[i].nbytes]
+        if not want:
+            return {}
+        lo = min(items[i].offset for i in want)
+        hi = max(items[i].offset + items[i].nbytes for i in want)
+        m = FileMap(fd, lo, hi, sum(items[i].nbytes for i in want))
+    finally:
+        os.close(fd)
+    found = {}
+    try:
+        for i in want:
+            it = items[i]
+            view = m.view(it.dtype, it.shape, it.offset)
+            if it.edges is None or _same_edges(it, view):
+                found[i] = Ref(it.key, it.dtype, it.shape, it.offset, it.nbytes, checksum(view), True)
+            del view
+    finally:
+        m.close()
+    return found
+
+
+def _same_edges(item: Item, view: np.ndarray) -> bool:
+    """True when the first and last values the format reads are the bytes at the offset."""
+    try:
+        expected = item.edges(_EDGE)
+    except Exception:  # a library that cannot slice this dataset: copy it out instead
+        return False
+    return all(a.tobytes() == b.tobytes() for a, b in zip(expected, edges_of(view, _EDGE), strict=True))
+
+
+def _spool(items: list[Item], spool: str) -> tuple[str | None, list[Ref]]:
+    """Write ``items`` into a new spool file, each with the checksum of its source bytes."""
+    offsets, size = [], 0
+    for it in items:
+        offsets.append(size)
+        size = align(size + it.nbytes)
     if size == 0:
-        return Batch(None, tuple(Ref(it.key, it.dtype, it.shape, 0, 0,
-                                     checksum(_view(b"", it.dtype, it.shape, 0))) for it in items))
+        return None, [Ref(it.key, it.dtype, it.shape, 0, 0,
+                          checksum(_view(b"", it.dtype, it.shape, 0))) for it in items]
     path = os.path.join(spool, uuid.uuid4().hex)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -97,7 +191,7 @@ def pack(items: list[Item], spool: str) -> Batch:
         raise
     finally:
         os.close(fd)
-    return Batch(path, tuple(refs))
+    return path, refs
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -106,24 +200,42 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
+# -- the writer's side -----------------------------------------------------------
+
 @contextmanager
 def unpack(batch: Batch) -> Iterator[list[tuple[Ref, np.ndarray]]]:
-    """Read-only views of a batch's tensors; the spool file is deleted afterwards."""
-    if batch.file is None:
-        yield [(r, _view(b"", r.dtype, r.shape, 0)) for r in batch.refs]
-        return
+    """Read-only views of a batch's tensors; the spool file is deleted afterwards.
+
+    SourceError when the source file is not the version the reader read.
+    """
+    with ExitStack() as stack:
+        stack.callback(discard, batch)
+        spooled = source = None
+        if batch.file is not None:
+            with open(batch.file, "rb") as f:
+                spooled = FileMap(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            stack.callback(spooled.close)
+        if batch.source is not None:
+            source = _map_source(batch)
+            stack.callback(source.close)
+        yield [(r, (source if r.in_source else spooled).view(r.dtype, r.shape, r.offset)
+                if r.nbytes else _view(b"", r.dtype, r.shape, 0)) for r in batch.refs]
+
+
+def _map_source(batch: Batch) -> FileMap:
+    refs = [r for r in batch.refs if r.in_source]
     try:
-        with open(batch.file, "rb") as f:
-            m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
-        try:
-            yield [(r, _view(m, r.dtype, r.shape, r.offset)) for r in batch.refs]
-        finally:
-            try:
-                m.close()
-            except BufferError:  # a caller kept a view: the map goes when it does
-                pass
+        fd = os.open(batch.source, os.O_RDONLY)
+    except OSError as exc:
+        raise SourceError(f"{batch.source}: cannot open it again to store it: {one_line(exc)}") from None
+    try:
+        if stat_of(fd) != batch.stat:
+            raise SourceError(f"{batch.source}: changed after it was read (its size or modification "
+                              "time differ); not stored")
+        return FileMap(fd, min(r.offset for r in refs), max(r.offset + r.nbytes for r in refs),
+                       sum(r.nbytes for r in refs))
     finally:
-        discard(batch)
+        os.close(fd)
 
 
 def discard(batch: Batch) -> None:
@@ -132,54 +244,3 @@ def discard(batch: Batch) -> None:
             os.unlink(batch.file)
         except FileNotFoundError:
             pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class Spool:
-    """The writer's spool directory for the batches in flight."""
-
-    def __init__(self) -> None:
-        shm, tmp = Path("/dev/shm"), Path(tempfile.gettempdir())
-        base = shm
-        if not (shm.is_dir() and os.access(shm, os.W_OK) and _free(shm) >= _MIN_SHM_FREE):
-            base = tmp
-        for b in {shm, tmp}:
-            sweep_stale(b)
-        self.path = Path(tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-", dir=base))
-
-    def close(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    def __enter__(self) -> "Spool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def sweep_stale(base: Path) -> None:
-    """Remove spool directories left by converters that died (their pid is gone)."""
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return
-    for name in names:
-        if not name.startswith(_SPOOL_PREFIX):
-            continue
-        pid = name[len(_SPOOL_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(base / name, ignore_errors=True)

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import source
-from .pipeline import DEFAULT_JOBS, Converter, open_store, readers_need
+from .pipeline import DEFAULT_JOBS, Converter, open_store
 from .progress import Display, Report
+from .readers import readers_need
 from .signals import GracefulStop
 
 SETTLE = 2.0

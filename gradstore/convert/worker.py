@@ -8,7 +8,7 @@ import threading
 import time
 
 from . import source, transfer
-from .transfer import Batch
+from .transfer import Batch, Stat, stat_of
 
 
 def init(writer_pid: int | None = None) -> None:
@@ -53,17 +53,15 @@ def _die_with(pid: int) -> None:
 
 
 def read_part(part: source.Part, dtype: str | None, spool: str) -> Batch:
-    """The tensors of ``part``, copied into a spool file for the writer."""
+    """The tensors of ``part``, checksummed, where the writer can store them from."""
+    try:
+        stat = stat_of(part.path)
+    except OSError:
+        stat = None   # the format's reader says what is wrong
     with source.module(part.format).read(part, dtype) as items:
-        return transfer.pack(items, spool)
-
-
-Stat = tuple[int, int, int, int]  # device, inode, size, mtime_ns
-
-
-def stat_of(path: str) -> Stat:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if stat is None:
+            return transfer.pack(items, spool)
+        return transfer.pack(items, spool, part.path, stat)
 
 
 def checksums(path: str, fmt: str, dtype: str | None) -> tuple[Stat, dict[str, tuple[str, tuple, int]]]:

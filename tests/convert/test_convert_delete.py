@@ -7,7 +7,7 @@ import torch
 from convert_helpers import assert_same, bucket, run_cli, store_contents, to_numpy, write_buckets
 
 import gradstore
-from gradstore.convert import convert, worker
+from gradstore.convert import convert, pipeline
 
 
 def test_sources_are_deleted_after_verification(src, dest):
@@ -26,18 +26,22 @@ def test_sources_are_deleted_after_verification(src, dest):
 
 
 def test_a_source_that_changes_under_the_converter_is_not_deleted(src, dest, monkeypatch):
-    """The file is rewritten between the read and the commit: verification must catch it."""
+    """The file is rewritten between the write and the commit: verification must catch it.
+
+    (A change between the read and the write is caught before anything is
+    stored: see test_convert_direct.)
+    """
     write_buckets(src, 3)
     victim = src / "R_0_E_0_S_1_B_0.pt"
-    real_read = worker.read_part
+    real_ingest = pipeline.ingest
 
-    def read_then_rewrite(part, dtype, spool):
-        batch = real_read(part, dtype, spool)
-        if part.path == str(victim):   # the producer overwrites it with new gradients
+    def ingest_then_rewrite(gs, batch, path):
+        out = real_ingest(gs, batch, path)
+        if path == str(victim):   # the producer overwrites it with new gradients
             torch.save(bucket(12345), victim)
-        return batch
+        return out
 
-    monkeypatch.setattr(worker, "read_part", read_then_rewrite)
+    monkeypatch.setattr(pipeline, "ingest", ingest_then_rewrite)
     report = convert([src], dest, jobs=0, delete_source=True)
 
     assert not report.ok
