@@ -69,17 +69,17 @@ wrap around.
 from __future__ import annotations
 
 import struct
-import sys
 from collections.abc import Iterator
 
 import numpy as np
 
 from .. import dtypes
-from ..errors import CodecError, NotEncodableError
-from . import eg_kernels as K
-from .eg_bits import KMAX, add_classes
+from ..errors import CodecError
+from . import eg_read as R
 from .codec import Codec, Encoded, Param, as_bytes, choice, element_count, integer_or, positive_real
-from .eg_plan import Histogram, Plan, make_plan, merge_counts
+from .eg_bits import KMAX
+from .eg_passes import CHUNK, Output, Source, is_float as _is_float
+from .eg_plan import fixed_plan, make_plan
 
 HEADER = struct.Struct("<2sBBBBBBdQQQ")
 MAGIC = b"EG"
@@ -87,15 +87,12 @@ VERSION = 1
 SIGNS = ("bit", "bit-nonzero", "zigzag")
 FLAG_REMAP, FLAG_RUNS, FLAG_FLOAT = 4, 8, 16
 
-CHUNK = 1 << 20           # elements per kernel call: bounds every buffer (outliers: 8 MB)
-WINDOW = 1 << 20          # widest value range counted by direct indexing
-
 _MESSAGES = {
-    K.ERR_TRUNCATED: "bitstream ends before the last symbol (truncated payload)",
-    K.ERR_CODEWORD: "invalid codeword (more than 63 leading zeros)",
-    K.ERR_NEGATIVE_ZERO: "sign bit set on a zero",
-    K.ERR_RANK: "rank beyond the end of the table",
-    K.ERR_RUN: "zero run longer than the tensor",
+    R.ERR_TRUNCATED: "bitstream ends before the last symbol (truncated payload)",
+    R.ERR_CODEWORD: "invalid codeword (more than 63 leading zeros)",
+    R.ERR_NEGATIVE_ZERO: "sign bit set on a zero",
+    R.ERR_RANK: "rank beyond the end of the table",
+    R.ERR_RUN: "zero run longer than the tensor",
 }
 
 
@@ -125,17 +122,23 @@ class EGCodec(Codec):
         array = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
-        is_float = _is_float(array.dtype)
-        scale = self._params["scale"] if is_float else 1.0
-        runs = self._params["zeros"] == "run"
-        plan = make_plan(self._scan(array, is_float, scale, runs), k=self._params["k"],
-                         sign=SIGNS.index(self._params["sign"]),
-                         remap=self._params["remap"] == "rank", runs=runs)
-        buf = self._write(array, is_float, scale, plan)
-        flags = self._flags | (FLAG_FLOAT if is_float else 0)
-        HEADER.pack_into(buf.view(np.uint8), 0, MAGIC, VERSION, flags, plan.k, plan.k_run,
-                         plan.k_table, 0, scale, array.size, plan.table.size, plan.nbits)
-        payload = buf.view(np.uint8)[:HEADER.size + (plan.nbits + 7) // 8].tobytes()
+        source = Source(array, self._params["scale"])
+        k, sign = self._params["k"], SIGNS.index(self._params["sign"])
+        runs, remap = self._params["zeros"] == "run", self._params["remap"] == "rank"
+        if isinstance(k, int) and not (runs or remap):  # one pass: codewords need no histogram
+            out = Output(HEADER.size, source.estimate_bits(k, sign))
+            plan = fixed_plan(source.scan_and_write(k, sign, out), k=k, sign=sign)
+        else:
+            plan = make_plan(source.scan(runs), k=k, sign=sign, remap=remap, runs=runs)
+            out = Output(HEADER.size, plan.nbits)
+            source.write(plan, runs, out)
+        buf, nbits = out.finish()
+        if nbits != plan.nbits:  # a bug, never the data: the plan and the writer disagree
+            raise AssertionError(f"eg wrote {nbits} bits where the plan said {plan.nbits}")
+        flags = self._flags | (FLAG_FLOAT if source.is_float else 0)
+        HEADER.pack_into(buf, 0, MAGIC, VERSION, flags, plan.k, plan.k_run,
+                         plan.k_table, 0, source.scale, array.size, plan.table.size, plan.nbits)
+        payload = buf[:HEADER.size + (plan.nbits + 7) // 8].tobytes()
         info = {"k": plan.k, "table_len": int(plan.table.size), "table_bits": plan.table_bits,
                 "header_bytes": HEADER.size}
         if runs:
@@ -143,80 +146,26 @@ class EGCodec(Codec):
         return Encoded(payload=payload, nbits=plan.nbits, nsymbols=int(array.size),
                        entropy_bits=plan.entropy_bits, info=info)
 
-    def _write(self, array: np.ndarray, is_float: bool, scale: float, plan: Plan) -> np.ndarray:
-        """Pass 2: the body as big-endian 64-bit words, after room for the header."""
-        header_words = HEADER.size // 8
-        buf = np.zeros(header_words + plan.nbits // 64 + 2, dtype=np.uint64)
-        words = buf[header_words:]
-        state = np.zeros(4, dtype=np.uint64)
-        if plan.table.size:
-            K.write_eg_values(plan.table_deltas, plan.k_table, True, words, state)
-        runs = self._params["zeros"] == "run"
-        for _, chunk, kind in _chunks(array):
-            K.write(chunk, kind, scale, plan.lut_lo, plan.lut, plan.out_keys, plan.out_lut,
-                    plan.long_codes, plan.k_run if runs else None, words, state)
-        if runs:  # the trailing zeros
-            K.write_eg_values(state[3:4].astype(np.int64), plan.k_run, False, words, state)
-        K.flush(words, state)
-        written = int(state[0]) * 64 + int(state[2])
-        if written != plan.nbits:  # a bug, never the data: the plan and the writer disagree
-            raise AssertionError(f"eg wrote {written} bits where the plan said {plan.nbits}")
-        if sys.byteorder == "little":
-            words.byteswap(inplace=True)
-        return buf
-
-    def _scan(self, array: np.ndarray, is_float: bool, scale: float, runs: bool) -> Histogram:
-        """Pass 1: validate and count the quantized values."""
-        wlo, width = _window(array, is_float, scale)
-        window = np.zeros((K.COPIES, width), dtype=np.uint32 if array.size < 1 << 32 else np.int64)
-        outliers = np.empty(min(CHUNK, array.size), dtype=np.int64)
-        out_keys = out_counts = np.zeros(0, dtype=np.int64)
-        run_classes = np.zeros((65, 65), dtype=np.int64)
-        state = np.array([0, -1], dtype=np.int64)
-        for offset, chunk, kind in _chunks(array):
-            nout = K.scan(chunk, kind, scale, wlo, window, outliers, runs, run_classes, state)
-            if state[1] >= 0:
-                raise NotEncodableError(self._why(array, offset + int(state[1]), scale))
-            if nout:
-                keys, counts = np.unique(outliers[:nout], return_counts=True)
-                out_keys, out_counts = merge_counts(out_keys, out_counts, keys, counts)
-        if runs:  # the final run, trailing zeros
-            add_classes(run_classes, state[:1].astype(np.uint64), np.ones(1, np.int64))
-        return Histogram.from_scan(window, wlo, out_keys, out_counts, run_classes)
-
-    def _why(self, array: np.ndarray, index: int, scale: float) -> str:
-        position = tuple(int(i) for i in np.unravel_index(index, array.shape)) if array.ndim else ()
-        value = array.reshape(-1)[index]
-        text = repr(float(value)) if _is_float(array.dtype) else str(int(value))
-        where = f"eg cannot code element {position} = {text} of a {dtypes.name_of(array.dtype)} array"
-        if _is_float(array.dtype):
-            if np.isnan(value):
-                return f"{where}: NaN"
-            if np.isinf(value):
-                return f"{where}: infinite"
-            return f"{where}: round(x * scale={scale!r}) is beyond the eg range |q| < 2**62"
-        return f"{where}: beyond the eg range |q| < 2**62"
-
     def decode(self, payload, dtype, shape) -> np.ndarray:
         dtype = np.dtype(dtype)
         shape = tuple(int(d) for d in shape)
         data = as_bytes(payload)
         flags, k, k_run, k_table, scale, n, table_len, nbits = \
             self._read_header(data, dtype, element_count(shape))
-        w32 = np.zeros(nbits // 32 + 10, dtype=np.uint32)  # readers look up to 8 words ahead
-        w32.view(np.uint8)[:len(data) - HEADER.size] = np.frombuffer(data, np.uint8, offset=HEADER.size)
-        if sys.byteorder == "little":
-            w32.byteswap(inplace=True)
+        size = len(data) - HEADER.size
+        body = np.empty(size + 32, dtype=np.uint8)  # the readers look up to 25 bytes past the end
+        body[:size] = np.frombuffer(data, np.uint8, offset=HEADER.size)
+        body[size:] = 0
         table, pos = np.zeros(0, dtype=np.uint64), 0
         if flags & FLAG_REMAP:
-            table, pos, ok = K.read_table(w32, nbits, table_len, k_table)
+            table, pos, ok = R.read_table(body, nbits, table_len, k_table)
             if not ok or pos > nbits:
                 raise CodecError("corrupt eg payload: bad rank table")
         runs = bool(flags & FLAG_RUNS)
         state = np.array([pos, 0, 1, n, 0], dtype=np.int64)
         out = np.empty(n, dtype=dtype)
         for start, target in _targets(out):
-            K.read(w32, nbits, target, bool(flags & FLAG_FLOAT), 1.0 / scale, k, flags & 3,
+            R.read(body, nbits, target, bool(flags & FLAG_FLOAT), 1.0 / scale, k, flags & 3,
                    bool(flags & FLAG_REMAP), table, k_run if runs else None, state)
             if state[4]:
                 raise CodecError(f"corrupt eg payload: {_MESSAGES[int(state[4])]} "
@@ -225,7 +174,7 @@ class EGCodec(Codec):
                 out[start:start + target.size] = _narrow(target, dtype)
         pos = int(state[0])
         if pos <= nbits and runs and state[2]:  # a final run of no zeros must follow
-            last, pos, ok = K.read_eg(w32, pos, k_run)
+            last, pos, ok = R.read_eg(body, pos, k_run)
             if not ok or last != 0:
                 raise CodecError("corrupt eg payload: bad final zero run")
         if pos != nbits:
@@ -265,79 +214,6 @@ class EGCodec(Codec):
         if nbits % 8 and data[want - 1] & (0xFF >> (nbits % 8)):
             raise CodecError("corrupt eg payload: padding bits are not zero")
         return flags, k, k_run, k_table, scale, nsym, table_len, nbits
-
-
-def _is_float(dtype: np.dtype) -> bool:
-    """True for the float dtypes (quantized), False for integers and bool (coded as they are)."""
-    try:
-        return dtypes.name_of(dtype) in ("float32", "float64", "float16", "bfloat16")
-    except ValueError as exc:
-        raise CodecError(f"eg: {exc}") from None
-
-
-def _window(array: np.ndarray, is_float: bool, scale: float) -> tuple[int, int]:
-    """(wlo, width): the scan counts values in [wlo, wlo + width) by direct indexing.
-
-    The window covers the quantized range when that is not too wide for the
-    array; values outside go to the slower outlier path.
-    """
-    if array.size == 0:
-        return 0, 1
-    cap = min(WINDOW, max(4096, 2 * array.size))
-    lo, hi = _extremes(array)
-    if is_float:
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            return 0, 1  # the scan will name the bad element
-        lo, hi = (float(np.clip(np.rint(float(v) * scale), -K.FLIMIT, K.FLIMIT)) for v in (lo, hi))
-    lo, hi = int(lo), int(hi)
-    width = min(cap, hi - lo + 1)
-    return min(max(lo, -(width // 2)), hi - width + 1), width
-
-
-def _extremes(array: np.ndarray) -> tuple:
-    """array.min() and array.max(), fast for float16/bfloat16 too (NaN if there is one).
-
-    numpy reduces 16-bit floats one element at a time; their bit patterns,
-    with the magnitude bits of negatives flipped, sort like the values, so
-    an int16 min/max finds the same elements at integer speed.
-    """
-    if array.dtype.itemsize != 2 or not _is_float(array.dtype):
-        return array.min(), array.max()
-    bits = array.reshape(-1).view(np.int16)
-    order = bits ^ ((bits >> 15) & np.int16(0x7FFF))
-    lo, hi = (np.array(v ^ ((v >> 15) & 0x7FFF), dtype=np.int16).view(array.dtype)[()]
-              for v in (int(order.min()), int(order.max())))
-    return lo, hi
-
-
-def _chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray, int]]:
-    """(offset, chunk, kind) of at most CHUNK elements, as the kernels take them.
-
-    float32, float64 and int64 chunks are views, bfloat16 ones views of the
-    bit patterns (see eg_kernels.quantize_block); float16 chunks are
-    widened and other integers cast.
-    """
-    flat = array.reshape(-1)
-    name = dtypes.name_of(array.dtype)
-    for start in range(0, flat.size, CHUNK):
-        chunk = flat[start:start + CHUNK]
-        if name in ("float32", "float64"):
-            yield start, chunk, K.KIND_FLOAT
-        elif name == "bfloat16":
-            yield start, chunk.view(np.uint16), K.KIND_BF16
-        elif name == "float16":
-            yield start, chunk.astype(np.float32), K.KIND_FLOAT
-        elif name == "int64":
-            yield start, chunk, K.KIND_INT
-        elif name == "uint64":
-            big = np.flatnonzero(chunk >= K.LIMIT)
-            if big.size:
-                raise NotEncodableError(f"eg cannot code element {start + int(big[0])} = "
-                                        f"{int(chunk[big[0]])} of a uint64 array: beyond the eg "
-                                        f"range |q| < 2**62")
-            yield start, chunk.view(np.int64), K.KIND_INT
-        else:
-            yield start, chunk.astype(np.int64), K.KIND_INT
 
 
 def _targets(out: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:

@@ -1,18 +1,26 @@
 """Bit-level arithmetic of the eg codec: codewords, bit buffers and code lengths.
 
 Scalars in, scalars out: numba reference-counts every array passed to a
-call, and in a per-symbol loop that alone costs more than the coding.  The
-loops in eg_kernels.py load and store; these helpers compute, and LLVM
-inlines them.  The few helpers over arrays here run once per distinct
-symbol, not per element.
+call, and in a per-symbol loop that alone costs more than the coding (a
+writer that passed its buffer to a helper per pair of codes ran 5x
+slower).  The kernel loops load and store; these helpers compute, and LLVM
+inlines them.  The two intrinsics are the exception that proves it: plain
+loads and stores, 8 unaligned bytes at a time.  The few helpers over
+arrays here run once per distinct symbol, not per element.
 """
 from __future__ import annotations
 
+import sys
+
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import types
 from numba.cpython.unsafe.numbers import leading_zeros
+from numba.extending import intrinsic
 
 KMAX = 62                       # largest order: v < 2**63 keeps v + 2**k below 2**64
+SIGN_BIT, SIGN_BIT_NONZERO, SIGN_ZIGZAG = 0, 1, 2   # sign modes, as in the header's flags
 
 U0 = np.uint64(0)
 U1 = np.uint64(1)
@@ -27,21 +35,44 @@ def bitlen(v):
     return 64 - np.int64(leading_zeros(v))
 
 
-@njit
-def push(acc, nacc, value, nbits):
-    """Append the low ``nbits`` (1..64) bits of ``value`` to ``nacc`` (0..63) pending bits.
+@intrinsic
+def load_be64(typingctx, buf, index):
+    """buf[index:index + 8] (a uint8 array) as a big-endian uint64, whatever the alignment."""
+    def codegen(context, builder, signature, args):
+        ptr = _byte_pointer(context, builder, signature.args[0], args[0], args[1])
+        value = builder.load(ptr, align=1)
+        return builder.bswap(value) if sys.byteorder == "little" else value
+    return types.uint64(buf, index), codegen
 
-    Pending bits sit left-aligned in ``acc``.  Returns (acc, nacc, word,
-    full): when ``full`` the caller stores ``word`` and moves to the next.
+
+@intrinsic
+def store_be64(typingctx, buf, index, value):
+    """buf[index:index + 8] (a uint8 array) = the uint64 ``value``, big-endian, whatever the alignment."""
+    def codegen(context, builder, signature, args):
+        ptr = _byte_pointer(context, builder, signature.args[0], args[0], args[1])
+        builder.store(builder.bswap(args[2]) if sys.byteorder == "little" else args[2], ptr, align=1)
+        return context.get_dummy_value()
+    return types.none(buf, index, types.uint64), codegen
+
+
+def _byte_pointer(context, builder, array_type, array, index):
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.bitcast(builder.gep(data, [index]), ir.IntType(64).as_pointer())
+
+
+@njit
+def put(acc, nacc, code, length):
+    """Append the low ``length`` (1..57) bits of ``code`` to ``nacc`` (0..7) pending bits.
+
+    Pending bits sit at the bottom of ``acc`` (above them: stale bits that
+    shift out).  Returns (acc, nacc, word, step): the caller stores ``word``
+    with store_be64 at its byte position and advances that by ``step``
+    whole bytes, so there is no branch; the pending bits of a partial byte
+    are stored again by the next store.
     """
-    free = 64 - nacc
-    if nbits < free:
-        return acc | (value << np.uint64(free - nbits)), nacc + nbits, U0, False
-    rest = nbits - free
-    word = acc | (value >> np.uint64(rest))
-    if rest == 0:
-        return U0, 0, word, True
-    return value << np.uint64(64 - rest), rest, word, True
+    acc = (acc << np.uint64(length)) | code
+    nacc += length
+    return acc, nacc & 7, acc << np.uint64(64 - nacc), np.uint64(nacc >> 3)
 
 
 @njit
@@ -55,10 +86,11 @@ def eg_code(v, k, signed, negative):
 
 
 @njit
-def window(a, b, c, offset):
-    """The 64 bits starting ``offset`` (0..31) bits into the 32-bit words a, b, c."""
-    top = (np.uint64(a) << np.uint64(32)) | np.uint64(b)
-    return (top << np.uint64(offset)) | (np.uint64(c) >> np.uint64(32 - offset))
+def symbol_code(q, k, sign):
+    """eg_code of quantized value q in sign mode ``sign`` (no remap, no runs)."""
+    if sign == SIGN_ZIGZAG:
+        return eg_code(np.uint64((q << 1) ^ (q >> 63)), k, False, False)
+    return eg_code(np.uint64(abs(q)), k, sign == SIGN_BIT or q != 0, q < 0)
 
 
 @njit

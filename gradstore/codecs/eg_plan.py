@@ -1,6 +1,6 @@
 """Everything the eg encoder decides once per tensor, from its histogram.
 
-The scan pass (eg_kernels.scan) leaves a histogram of the quantized values
+The scan pass (eg_passes.Source.scan) leaves a histogram of the quantized values
 and of the zero runs.  From it alone this module derives, exactly and
 without trial encodings: the symbol each value is coded as (sign mode,
 rank remap), the order k that minimises the size, the rank table, the total
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import eg_kernels as K
-from .eg_bits import KMAX, add_classes, codewords, sizes_by_order
+from .eg_bits import KMAX, SIGN_BIT, SIGN_ZIGZAG, add_classes, codewords, sizes_by_order
+from .eg_write import LONG, PAIR
 from .stats import entropy_bits
 
 
@@ -36,6 +36,16 @@ class Histogram:
         order = np.argsort(keys, kind="stable")
         return cls(keys[order], counts[order], run_classes)
 
+    @classmethod
+    def from_patterns(cls, counts: np.ndarray, values: np.ndarray, run_classes: np.ndarray) -> Histogram:
+        """From the scan's (copies, patterns) counters and each pattern's quantized value."""
+        counts = counts.sum(axis=0, dtype=np.int64)
+        present = np.flatnonzero(counts)
+        keys, inverse = np.unique(values[present], return_inverse=True)
+        summed = np.zeros(keys.size, dtype=np.int64)
+        np.add.at(summed, inverse, counts[present])
+        return cls(keys, summed, run_classes)
+
 
 @dataclass
 class Plan:
@@ -50,7 +60,7 @@ class Plan:
     value_bits: int
     run_bits: int
     lut_lo: int               # value of lut[0]
-    lut: np.ndarray           # packed codewords of values lut_lo, lut_lo + 1, ... (see write())
+    lut: np.ndarray           # packed codewords of values lut_lo, lut_lo + 1, ... (see eg_write)
     out_keys: np.ndarray      # values outside the lut span, ascending
     out_lut: np.ndarray       # their packed codewords
     long_codes: np.ndarray    # (n, 2) codewords longer than 56 bits
@@ -88,12 +98,12 @@ def classes_of(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def symbols(keys: np.ndarray, sign: int, runs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(v, signed, negative) for each quantized value: what EG codes, and the sign bit."""
-    if sign == K.SIGN_ZIGZAG:
+    if sign == SIGN_ZIGZAG:
         v = ((keys << 1) ^ (keys >> 63)).astype(np.uint64)
         signed = np.zeros(keys.size, dtype=np.bool_)
     else:
         v = np.abs(keys).astype(np.uint64)
-        signed = np.ones(keys.size, dtype=np.bool_) if sign == K.SIGN_BIT or runs else keys != 0
+        signed = np.ones(keys.size, dtype=np.bool_) if sign == SIGN_BIT or runs else keys != 0
     if runs:  # zeros are coded as runs, so values are never 0 and shift down by one
         v = v - np.uint64(1)
     return v, signed, keys < 0
@@ -110,8 +120,14 @@ def rank_table(v: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return unique[order], rank[inverse]
 
 
-def make_plan(hist: Histogram, *, k: int | str, sign: int, remap: bool, runs: bool) -> Plan:
-    """Choose orders and codewords for a histogram; all sizes exact."""
+def fixed_plan(hist: Histogram, *, k: int, sign: int) -> Plan:
+    """The plan of a fixed k without remap or runs, sizes only: the writer made its own codewords."""
+    return make_plan(hist, k=k, sign=sign, remap=False, runs=False, codes=False)
+
+
+def make_plan(hist: Histogram, *, k: int | str, sign: int, remap: bool, runs: bool,
+              codes: bool = True) -> Plan:
+    """Choose orders and codewords (unless not ``codes``) for a histogram; all sizes exact."""
     keys, counts = hist.keys, hist.counts
     coded = keys != 0 if runs else np.ones(keys.size, dtype=np.bool_)
     v, signed, negative = symbols(keys[coded], sign, runs)
@@ -134,27 +150,59 @@ def make_plan(hist: Histogram, *, k: int | str, sign: int, remap: bool, runs: bo
 
     k_run, run_bits = best_order(hist.run_classes) if runs else (0, 0)
 
-    codes = np.zeros((v.size, 2), dtype=np.uint64)
-    codewords(v, signed, negative, k, codes)
-    packed, long_codes = _pack(codes)
-    lut_lo, lut, out_keys, out_lut = _lookup_tables(keys[coded], packed)
+    if codes:
+        packed, long_codes = _pack(v, signed, negative, k, k_run if runs else None)
+        lut_lo, lut, out_keys, out_lut = _lookup_tables(keys[coded], packed)
+    else:  # the writer makes its own codewords
+        lut_lo, lut, out_keys, out_lut = 0, np.zeros(0, np.uint64), keys[:0], np.zeros(0, np.uint64)
+        long_codes = np.zeros((0, 2), dtype=np.uint64)
     return Plan(k=k, k_run=k_run, k_table=k_table, table=table, table_deltas=deltas,
                 table_bits=table_bits, value_bits=value_bits, run_bits=run_bits,
                 lut_lo=lut_lo, lut=lut, out_keys=out_keys, out_lut=out_lut,
                 long_codes=long_codes, entropy_bits=entropy_bits(counts))
 
 
-def _pack(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One uint64 per codeword, code << 8 | length, so a lookup is one load.
+def fixed_codes(values: np.ndarray, k: int, sign: int) -> tuple[np.ndarray, np.ndarray]:
+    """Packed codewords (as _pack) of quantized ``values`` for a fixed k, no remap, no runs."""
+    return _pack(*symbols(values, sign, False), k)
 
-    Codewords over 56 bits do not fit: they get length 0 and the index of
-    their row in the second array instead.
+
+def _pack(v: np.ndarray, signed: np.ndarray, negative: np.ndarray, k: int,
+          k_run: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The codewords of symbols v, one uint64 each, code << 8 | length, so a lookup is one load.
+
+    Codewords over 56 bits do not fit: they get length LONG and the index
+    of their row in the second array instead.  Length 0 is left to mean a
+    zero in run mode, which has no codeword of its own.  In run mode (a
+    ``k_run``) each packed code starts with the code of a run of no zeros,
+    1 << k_run in k_run + 1 bits, the usual case in dense data; the rows of
+    the second array do not, nor do the codes it would take over 56 bits.
     """
+    codes = np.zeros((v.size, 2), dtype=np.uint64)
+    codewords(v, signed, negative, k, codes)
     length = codes[:, 1] & np.uint64(255)
-    long = length > 56
-    packed = (codes[:, 0] << np.uint64(8)) | length
-    packed[long] = np.arange(np.count_nonzero(long), dtype=np.uint64) << np.uint64(8)
+    lo = codes[:, 0].copy()
+    if k_run is None:
+        long = length > PAIR
+    else:
+        long = length + np.uint64(k_run + 1) > PAIR
+        lo[~long] |= np.uint64(1 << k_run) << length[~long]
+        length = length + np.uint64(k_run + 1)
+    packed = (lo << np.uint64(8)) | length
+    packed[long] = (np.arange(np.count_nonzero(long), dtype=np.uint64) << np.uint64(8)) | np.uint64(LONG)
     return packed, np.ascontiguousarray(codes[long])
+
+
+def codes_of(plan: Plan, values: np.ndarray) -> np.ndarray:
+    """The packed codewords of quantized ``values`` (0 for a value without one)."""
+    codes = np.zeros(values.size, dtype=np.uint64)
+    inside = (values >= plan.lut_lo) & (values < plan.lut_lo + plan.lut.size)
+    codes[inside] = plan.lut[values[inside] - plan.lut_lo]
+    rest = values[~inside]
+    at = np.minimum(np.searchsorted(plan.out_keys, rest), max(plan.out_keys.size - 1, 0))
+    found = plan.out_keys[at] == rest if plan.out_keys.size else np.zeros(rest.size, np.bool_)
+    codes[np.flatnonzero(~inside)[found]] = plan.out_lut[at[found]]
+    return codes
 
 
 def _lookup_tables(keys: np.ndarray, packed: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gradstore.codecs import eg, get_codec
+from gradstore.codecs import eg, eg_passes, get_codec
 from gradstore.codecs.stats import int_entropy_bits
 from gradstore.codecs.testing import check_codec, check_roundtrip
 from gradstore.errors import CodecError, NotEncodableError
@@ -109,6 +109,7 @@ def test_entropy_is_that_of_the_quantized_values():
 
 def test_many_chunks_and_runs_across_them(monkeypatch, dequantized):
     monkeypatch.setattr(eg, "CHUNK", 1000)
+    monkeypatch.setattr(eg_passes, "CHUNK", 1000)
     x = gradients(10500, seed=4, zeros=0.0)
     x[900:3100] = 0.0                       # a run over two chunk borders
     x[-1500:] = 0.0                         # trailing zeros
@@ -118,6 +119,27 @@ def test_many_chunks_and_runs_across_them(monkeypatch, dequantized):
             out = check_roundtrip(get_codec(spec), a)
             expected = a if dtype == np.int16 else dequantized(a, 1e6)
             assert np.array_equal(out, expected)
+
+
+def test_one_pass_writer_grows_its_buffer(monkeypatch, dequantized):
+    # fixed k without remap or runs writes while it counts, into a buffer sized by a guess
+    monkeypatch.setattr(eg_passes.Source, "estimate_bits", lambda self, k, sign: 0)
+    monkeypatch.setattr(eg_passes, "CHUNK", 10_000)
+    x = gradients(60_000, seed=5)
+    x[::997] = 5e4                           # codewords of more than 56 bits here and there
+    for dtype in (np.float32, np.float64, ml_dtypes.bfloat16):
+        a = x.astype(dtype)
+        for spec in ("eg:k=0", "eg:k=3,sign=zigzag", "eg:k=1,sign=bit-nonzero"):
+            assert np.array_equal(check_roundtrip(get_codec(spec), a), dequantized(a, 1e6))
+    ints = (x * 1e9).astype(np.int64)
+    assert np.array_equal(check_roundtrip(get_codec("eg:k=0"), ints), ints)
+
+
+def test_values_far_from_zero():
+    x = 10**12 + np.arange(-3000, 3000, dtype=np.int64) % 17
+    x[::500] = -(2**61)
+    for spec in ("eg:k=0", "eg:k=auto,remap=rank", "eg:k=auto,zeros=run"):
+        assert np.array_equal(check_roundtrip(get_codec(spec), x), x)
 
 
 def test_wide_value_ranges_use_the_outlier_tables(dequantized):
@@ -175,6 +197,7 @@ def test_unsupported_dtypes_and_byte_orders(dequantized):
 
 def test_nan_far_into_a_large_array_names_its_index(monkeypatch):
     monkeypatch.setattr(eg, "CHUNK", 4096)
+    monkeypatch.setattr(eg_passes, "CHUNK", 4096)
     x = np.zeros(50_000, np.float32)
     x[43_210] = np.nan
     with pytest.raises(NotEncodableError, match=r"element \(43210,\)"):
