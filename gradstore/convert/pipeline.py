@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 from . import source, worker
 from .ingest import ingest, matches
 from .progress import Display, Report
-from .readers import make_executor, readers_need
+from .readers import discard_broken, make_executor, readers_need
 from .signals import GracefulStop
 from .source import Part, SourceError, one_line
 from .spool import Spool
@@ -164,7 +164,7 @@ class Converter:
     def _restart_pool(self, broken: Executor) -> None:
         """A reader died: every task of its pool fails; later ones go to a new pool."""
         if broken is self.executor:
-            broken.shutdown(wait=False)
+            discard_broken(broken)
             self.executor = make_executor(self.jobs, self.preload)
 
     # -- running -----------------------------------------------------------------

@@ -54,6 +54,23 @@ def make_executor(jobs: int, preload: tuple[str, ...] = ()) -> Executor:
                                initargs=(os.getpid(),))
 
 
+def discard_broken(executor: Executor) -> None:
+    """Let go of a pool one of whose readers died, without waiting on the others.
+
+    Readers ignore SIGTERM (worker.init), so the terminate() that
+    concurrent.futures sends the survivors of a broken pool would leave its
+    manager thread joining them forever, and the writer could never exit.
+    They hold nothing the writer needs (their tasks have failed already), so
+    they get SIGKILL.
+    """
+    for proc in list((getattr(executor, "_processes", None) or {}).values()):
+        try:
+            proc.kill()
+        except (OSError, ValueError):   # gone already, or its handle closed
+            pass
+    executor.shutdown(wait=False)
+
+
 def readers_need(files: Iterable[str | os.PathLike] | None) -> tuple[str, ...]:
     """Modules worth importing in readers before the first file (None: any file may come)."""
     import importlib.util

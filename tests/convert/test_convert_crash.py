@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,28 @@ def _spool_dirs() -> set[str]:
     return {p.name for p in base.glob("gradstore-convert-*")} if base.is_dir() else set()
 
 
+def _what_was_left(src: Path, dest: Path, expected: dict) -> tuple[list[str], set[str]]:
+    """(keys stored, sources left) after a broken run: the store opens and holds
+    correct tensors only, once each, and every deleted source is wholly in it."""
+    with gradstore.open(dest) as gs:
+        keys = gs.keys()
+        assert len(keys) == len(set(keys))
+        for k in keys:
+            assert gs.get(k, verify=True).tobytes() == expected[k].tobytes()
+    left = {p.name for p in src.iterdir()}
+    for s in range(FILES):
+        if f"R_0_E_0_S_{s}_B_0.pt" not in left:
+            assert all(f"R_0_E_0_S_{s}_B_0/model.layers.{i}.mlp.weight" in keys for i in range(4))
+    return keys, left
+
+
+def _rerun_completes(args: list[str], src: Path, dest: Path, expected: dict) -> None:
+    rerun = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert list(src.iterdir()) == []
+    assert_same(store_contents(dest), expected)
+
+
 def test_resume_after_sigkill_mid_conversion(src, dest):
     expected = write_buckets(src, FILES, dtype=torch.bfloat16, modules=4, size=2048)
     args = [sys.executable, "-m", "gradstore.convert", str(src), str(dest), "-j", "2",
@@ -66,25 +89,63 @@ def test_resume_after_sigkill_mid_conversion(src, dest):
         assert time.monotonic() < deadline, f"orphans left: {[p for p in helpers if _alive(p)]}"
         time.sleep(0.1)
 
-    # What the crash left: a store that opens, holds correct tensors only, and is not complete.
-    with gradstore.open(dest) as gs:
-        keys = gs.keys()
-        assert len(keys) == len(set(keys))
-        for k in keys:
-            assert gs.get(k, verify=True).tobytes() == expected[k].tobytes()
+    keys, left = _what_was_left(src, dest, expected)
     assert 0 < len(keys) < len(expected)
-    left = {p.name for p in src.iterdir()}
     assert 0 < len(left) <= FILES
-    # every deleted source is completely in the store
-    for s in range(FILES):
-        if f"R_0_E_0_S_{s}_B_0.pt" not in left:
-            assert all(f"R_0_E_0_S_{s}_B_0/model.layers.{i}.mlp.weight" in keys for i in range(4))
-
-    rerun = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert list(src.iterdir()) == []
-    assert_same(store_contents(dest), expected)
+    _rerun_completes(args, src, dest, expected)
     with gradstore.open(dest) as gs:
         assert gs.verify() == []
     # the spool of the killed run was swept by the re-run
     assert not any(name.startswith(f"gradstore-convert-{proc.pid}-") for name in _spool_dirs())
+
+
+def _readers(pid: int) -> list[int]:
+    """The reader processes of a converter: the forkserver's children."""
+    def parent(p: int) -> int:
+        return int(Path(f"/proc/{p}/stat").read_text().split(")")[-1].split()[1])
+    out = []
+    for p in _descendants(pid):
+        try:
+            if parent(p) != pid and b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes():
+                out.append(p)
+        except OSError:
+            continue
+    return out
+
+
+def test_a_reader_killed_mid_run_fails_its_files_only(src, dest):
+    """SIGKILL to a reader: the files in flight are reported and kept, the run goes on
+    with new readers and ends (no hang on the dead pool), and a re-run completes."""
+    expected = write_buckets(src, FILES, dtype=torch.float32, modules=4, size=1 << 16)
+    args = [sys.executable, "-m", "gradstore.convert", str(src), str(dest), "-j", "2",
+            "--delete-source", "-v", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+    hung = threading.Timer(120, proc.kill)   # a writer stuck on the dead pool never closes stdout
+    hung.start()
+    killed = None
+    try:
+        done = 0
+        for line in proc.stdout:
+            done += line.startswith("converted ")
+            if done == 5 and killed is None:
+                readers = _readers(proc.pid)
+                assert len(readers) == 2, readers
+                killed = readers[0]    # the other one ignores the pool's SIGTERM
+                os.kill(killed, signal.SIGKILL)
+        err = proc.stderr.read()
+    finally:
+        proc.wait(timeout=60)
+        hung.cancel()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert killed
+    assert proc.returncode != -signal.SIGKILL, "the converter hung after its reader died"
+    # The pool breaks: parts in flight fail (unless none was), later ones go to new readers.
+    assert proc.returncode == (1 if "a reader process died" in err else 0), err
+    assert len(err.strip().splitlines()) <= 4, err   # one line per file in flight, no traceback
+    assert "Traceback" not in err
+    keys, left = _what_was_left(src, dest, expected)
+    assert len(left) < FILES                               # the run went on after the kill
+    assert bool(left) == (proc.returncode == 1)            # and kept exactly what failed
+    _rerun_completes(args, src, dest, expected)
