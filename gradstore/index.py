@@ -106,7 +106,11 @@ _ROW_DTYPE = np.dtype({"names": list(_ROW_FIELDS),
                        "formats": ["u1", "u1", "u1", "<u4", "<u4", "<u4", "<u8", "<u8", "<u8",
                                    "<i8", "<u8", "<u8"],
                        "offsets": [0, 1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56], "itemsize": 64})
-assert _ROW.size == _ROW_DTYPE.itemsize
+# Parts of a row, for the hot paths: unpacking fewer fields makes fewer ints.
+_ROW_KEY = struct.Struct("<B11xI32xQ")                  # kind, klen, kstart
+_ROW_LOCATE = struct.Struct("<xBBxII4xQQ24xQ")         # dtype, ndim, seq, hlen, offset, plen, dstart
+_DIMS = [struct.Struct(f"<{n}Q") for n in range(256)]  # a shape of n dims
+assert _ROW.size == _ROW_DTYPE.itemsize == _ROW_LOCATE.size and _ROW_KEY.size == 56
 _MIN_DIRECTORY = 256  # below this many rows, binary search is as quick as the directory
 
 
@@ -126,7 +130,8 @@ class Index:
         self._blob = b""                             # base keys, NUL-joined UTF-8
         # The hot path reads through memoryviews and struct, which return Python
         # ints without numpy's per-scalar overhead.
-        self._rows_mv = self._hash_mv = self._order_mv = self._dims_mv = self._dir_mv = None
+        self._rows_mv = self._hash_mv = self._order_mv = self._dir_mv = None
+        self._dims_buf = b""
         self._shift = 64
         self._extra: dict[int, dict] = {}
         self._overridden: set[int] = set()           # base rows shadowed by the tail
@@ -139,8 +144,8 @@ class Index:
     def __len__(self) -> int:
         return self._count[fmt.KIND_TENSOR]
 
-    def _base_row(self, kind: int, id_: str) -> tuple[int, tuple] | None:
-        """(row, its unpacked fields) of a base entry, or None.  The hot path of a get."""
+    def _base_row(self, kind: int, id_: str) -> int | None:
+        """The base row of an entry id, or None.  The hot path of a get."""
         if not self._n:
             return None
         want = id_.encode("utf-8")
@@ -155,34 +160,33 @@ class Index:
             i = bisect.bisect_left(hashes, h)
         while i < self._n and hashes[i] == h:
             row = self._order_mv[i]
-            fields = _ROW.unpack_from(self._rows_mv, row * 64)
-            if fields[0] == kind:
-                start = fields[10]
-                got = self._blob[start:start + fields[5]]
+            row_kind, klen, kstart = _ROW_KEY.unpack_from(self._rows_mv, row * 64)
+            if row_kind == kind:
+                got = self._blob[kstart:kstart + klen]
                 if kind == fmt.KIND_VARIANT:
                     got += b"\0" + self._extra[row]["codec"].encode("utf-8")
                 if got == want:
-                    return row, fields
+                    return row
             i += 1
         return None
 
-    def _entry(self, row: int, fields: tuple) -> Entry:
-        kind, dt, ndim, seq, hlen, klen, offset, plen, check, t, kstart, dstart = fields
-        # tuple.__new__ skips the NamedTuple's argument parsing: this is the hot path.
-        return tuple.__new__(Entry, (kind, self._blob[kstart:kstart + klen].decode("utf-8"), seq,
-                                     offset, hlen, plen, dtypes.NAMES[dt],
-                                     tuple(self._dims_mv[dstart:dstart + ndim]), check, t,
-                                     self._extra.get(row), self.ns))
+    def _shape(self, ndim: int, dstart: int) -> tuple:
+        return _DIMS[ndim].unpack_from(self._dims_buf, dstart * 8)
 
     def entry_at(self, row: int) -> Entry:
-        return self._entry(row, _ROW.unpack_from(self._rows_mv, row * 64))
+        kind, dt, ndim, seq, hlen, klen, offset, plen, check, t, kstart, dstart = \
+            _ROW.unpack_from(self._rows_mv, row * 64)
+        # tuple.__new__ skips the NamedTuple's argument parsing.
+        return tuple.__new__(Entry, (kind, self._blob[kstart:kstart + klen].decode("utf-8"), seq,
+                                     offset, hlen, plen, dtypes.NAMES[dt], self._shape(ndim, dstart),
+                                     check, t, self._extra.get(row), self.ns))
 
     def get(self, kind: int, id_: str) -> Entry | None:
         e = self._tail[kind].get(id_)
         if e is not None or not self._n:
             return e
-        found = self._base_row(kind, id_)
-        return None if found is None else self._entry(*found)
+        row = self._base_row(kind, id_)
+        return None if row is None else self.entry_at(row)
 
     def locate(self, key: str) -> tuple | None:
         """(seq, payload start, payload end, numpy dtype, shape) of a tensor key.
@@ -194,12 +198,12 @@ class Index:
         if e is not None:
             start = e.offset + e.header_len
             return e.seq, start, start + e.payload_len, dtypes.to_numpy(e.dtype), e.shape
-        found = self._base_row(fmt.KIND_TENSOR, key)
-        if found is None:
+        row = self._base_row(fmt.KIND_TENSOR, key)
+        if row is None:
             return None
-        _, dt, ndim, seq, hlen, _, offset, plen, _, _, _, dstart = found[1]
+        dt, ndim, seq, hlen, offset, plen, dstart = _ROW_LOCATE.unpack_from(self._rows_mv, row * 64)
         start = offset + hlen
-        return seq, start, start + plen, dtypes.NUMPY[dt], tuple(self._dims_mv[dstart:dstart + ndim])
+        return seq, start, start + plen, dtypes.NUMPY[dt], _DIMS[ndim].unpack_from(self._dims_buf, dstart * 8)
 
     def _live_base_rows(self, kind: int | None = None) -> np.ndarray:
         mask = np.ones(self._n, bool)
@@ -255,9 +259,9 @@ class Index:
         id_ = entry.id
         table = self._tail[kind]
         if id_ not in table:
-            found = self._base_row(kind, id_)
-            if found is not None and found[0] not in self._overridden:
-                self._overridden.add(found[0])  # a newer entry shadows the base row
+            row = self._base_row(kind, id_)
+            if row is not None and row not in self._overridden:
+                self._overridden.add(row)  # a newer entry shadows the base row
             else:
                 self._count[kind] += 1
         table[id_] = entry
@@ -338,7 +342,7 @@ class Index:
         idx._rows_mv = memoryview(rows.view(np.uint8))
         idx._hash_mv = memoryview(body["hash"]).cast("Q")
         idx._order_mv = memoryview(body["order"]).cast("I")
-        idx._dims_mv = memoryview(body["dims"]).cast("Q")
+        idx._dims_buf = body["dims"]
         if n >= _MIN_DIRECTORY:
             # directory[b] = the first sorted hash whose top bits are >= b: one
             # probe finds the few rows to search, instead of log2(n) probes.
