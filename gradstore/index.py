@@ -114,18 +114,14 @@ assert _ROW.size == _ROW_DTYPE.itemsize == _ROW_LOCATE.size and _ROW_KEY.size ==
 _MIN_DIRECTORY = 256  # below this many rows, binary search is as quick as the directory
 
 
-def id_hash(id_: str) -> int:
-    return fmt.xxh3(id_.encode("utf-8"))
-
-
 class Index:
     """id -> Entry for the tensor (kind 1) and variant (kind 2) records of a namespace."""
 
     def __init__(self, ns: str):
         self.ns = ns
         self._n = 0                                  # rows in the base (from a snapshot)
-        self._rows = np.zeros(0, _ROW_DTYPE)
-        self._cols = {name: self._rows[name] for name in _ROW_FIELDS}  # views of the rows
+        rows = np.zeros(0, _ROW_DTYPE)
+        self._cols = {name: rows[name] for name in _ROW_FIELDS}  # views of the rows
         self._dims = np.zeros(0, _U64)
         self._blob = b""                             # base keys, NUL-joined UTF-8
         # The hot path reads through memoryviews and struct, which return Python
@@ -203,7 +199,7 @@ class Index:
             return None
         dt, ndim, seq, hlen, offset, plen, dstart = _ROW_LOCATE.unpack_from(self._rows_mv, row * 64)
         start = offset + hlen
-        return seq, start, start + plen, dtypes.NUMPY[dt], _DIMS[ndim].unpack_from(self._dims_buf, dstart * 8)
+        return seq, start, start + plen, dtypes.NUMPY[dt], self._shape(ndim, dstart)
 
     def _live_base_rows(self, kind: int | None = None) -> np.ndarray:
         mask = np.ones(self._n, bool)
@@ -335,7 +331,6 @@ class Index:
         if len(hashes) != n or len(order) != n:
             raise ValueError("snapshot hash columns disagree with n")
         idx._blob = blob
-        idx._rows = rows
         idx._cols = {name: rows[name] for name in _ROW_FIELDS}
         idx._extra = {int(k): v for k, v in body["extra"].items()}
         idx._n = n

@@ -105,9 +105,6 @@ class Store:
             raise GradstoreError(f"{self.path}: store is closed")
 
     def _find(self, kind: int, id_: str) -> Entry | None:
-        if len(self._namespaces) == 1:  # the common case, and a hot path
-            for ns in self._namespaces.values():
-                return ns.index.get(kind, id_)
         found = None
         for ns in self._namespaces.values():
             e = ns.index.get(kind, id_)
@@ -125,9 +122,9 @@ class Store:
 
     def _mapping(self, e: Entry):
         """The segment map holding ``e``, following a compaction if need be."""
-        end = e.offset + e.header_len + e.payload_len
+        end = e.payload_offset + e.payload_len
         try:
-            return e, self._namespaces[e.ns].maps.get(fmt.KIND_STREAM[e.kind], e.seq, end)
+            return e, self._namespaces[e.ns].maps.get(e.stream, e.seq, end)
         except FileNotFoundError:
             # Compacted since we last looked: follow the log to the new place.
             self.refresh()
@@ -147,7 +144,7 @@ class Store:
         entry is the moved one, so checksums are checked against the right bytes."""
         e, m = self._mapping(e)
         # ndarray over the read-only map: one call, half the cost of frombuffer + reshape.
-        return e, np.ndarray(e.shape, dtypes.to_numpy(e.dtype), m, e.offset + e.header_len)
+        return e, np.ndarray(e.shape, dtypes.to_numpy(e.dtype), m, e.payload_offset)
 
     def __getitem__(self, key: str) -> np.ndarray:
         """A read-only numpy view of the mapped segment: no copy, no checksum."""

@@ -181,33 +181,48 @@ class GradstoreC(Contender):
         self.gs.close()
 
 
-class TorchSave(Contender):
-    name = "torch.save"
+class FilePerBucket(Contender):
+    """Today's practice: one file per bucket, written by ``save(tensors, path)``."""
+
+    suffix = ""
 
     def __init__(self, root, data):
         super().__init__(root, data)
         self.tensors = [(b, {m: torch_view(a) for m, a in t.items()}) for b, t in data]
 
-    def write(self):
-        import torch
+    def save(self, tensors, path) -> None:
+        raise NotImplementedError
 
+    def path(self, bucket: str) -> Path:
+        return self.root / f"{bucket}{self.suffix}"
+
+    def write(self):
         self.files = []
         for bucket, tensors in self.tensors:
-            path = self.root / f"{bucket}.pt"
-            torch.save(tensors, path)
-            self.files.append(path)
+            self.save(tensors, self.path(bucket))
+            self.files.append(self.path(bucket))
+
+
+class TorchSave(FilePerBucket):
+    name = "torch.save"
+    suffix = ".pt"
+
+    def save(self, tensors, path) -> None:
+        import torch
+
+        torch.save(tensors, path)
 
     def get(self, bucket, module):
         import torch
 
-        return torch.load(self.root / f"{bucket}.pt", weights_only=True)[module]
+        return torch.load(self.path(bucket), weights_only=True)[module]
 
     def read_all(self) -> int:
         import torch
 
         total = 0
         for bucket, _ in self.data:
-            for t in torch.load(self.root / f"{bucket}.pt", weights_only=True).values():
+            for t in torch.load(self.path(bucket), weights_only=True).values():
                 total += consume(t)
         return total
 
@@ -244,26 +259,19 @@ class H5(Contender):
         self.f.close()
 
 
-class Safetensors(Contender):
+class Safetensors(FilePerBucket):
     name = "safetensors"
+    suffix = ".safetensors"
 
-    def __init__(self, root, data):
-        super().__init__(root, data)
-        self.tensors = [(b, {m: torch_view(a) for m, a in t.items()}) for b, t in data]
-
-    def write(self):
+    def save(self, tensors, path) -> None:
         from safetensors.torch import save_file
 
-        self.files = []
-        for bucket, tensors in self.tensors:
-            path = self.root / f"{bucket}.safetensors"
-            save_file(tensors, path)
-            self.files.append(path)
+        save_file(tensors, path)
 
     def get(self, bucket, module):
         from safetensors import safe_open
 
-        with safe_open(self.root / f"{bucket}.safetensors", framework="pt") as f:
+        with safe_open(self.path(bucket), framework="pt") as f:
             return f.get_tensor(module)
 
     def read_all(self) -> int:
@@ -271,7 +279,7 @@ class Safetensors(Contender):
 
         total = 0
         for bucket, tensors in self.data:
-            with safe_open(self.root / f"{bucket}.safetensors", framework="pt") as f:
+            with safe_open(self.path(bucket), framework="pt") as f:
                 for module in tensors:
                     total += consume(f.get_tensor(module))
         return total
