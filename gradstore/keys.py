@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable
 from typing import NamedTuple, Union
@@ -120,34 +121,46 @@ class Selector:
     def matches(self, parsed: Key | None) -> bool:
         if self.empty:
             return True
-        if parsed is None:
-            return False
+        return parsed is not None and self.matches_parts(parsed[:4], parsed.module)
+
+    def matches_parts(self, nums: tuple, module: str) -> bool:
+        """Whether a structured key's (rank, epoch, step, bucket) and module match."""
         for i, allowed in self.ints:
-            if parsed[i] not in allowed:
+            if nums[i] not in allowed:
                 return False
-        if self.modules is not None:
-            return any(p.fullmatch(parsed.module) for p in self.modules)
-        return True
+        return self.modules is None or any(p.fullmatch(module) for p in self.modules)
 
 
-def sort_key(key: str):
+class _Heads(dict):
+    """Bucket name -> its four numbers (None: not a bucket name), each parsed once:
+    a run has hundreds of keys per bucket."""
+
+    def __missing__(self, head: str):
+        k = parse_bucket(head)
+        nums = self[head] = None if k is None else k[:4]
+        return nums
+
+
+def _parts(key: str, heads: _Heads) -> tuple[tuple | None, str]:
+    """((rank, epoch, step, bucket) or None for a plain key, module): try_parse's answer."""
+    head, sep, module = key.partition("/")
+    return (heads[head] if sep and module else None), module
+
+
+def sort_key(key: str, heads: _Heads | None = None):
     """Natural order: structured keys by their numbers, then plain keys."""
-    k = try_parse(key)
-    if k is None:
-        return (1, (), key)
-    return (0, (k.rank, k.epoch, k.step, k.bucket), k.module)
+    nums, module = _parts(key, _Heads() if heads is None else heads)
+    return (1, (), key) if nums is None else (0, nums, module)
 
 
 def select(keys: Iterable[str], selector: Selector) -> list[str]:
-    if selector.empty:
-        return sorted(keys, key=sort_key)
-    chosen = []
-    for key in keys:
-        parsed = try_parse(key)
-        if selector.matches(parsed):
-            chosen.append((parsed, key))
-    chosen.sort(key=lambda pk: ((pk[0].rank, pk[0].epoch, pk[0].step, pk[0].bucket), pk[0].module))
-    return [key for _, key in chosen]
+    heads = _Heads()
+    if not selector.empty:
+        def wanted(key: str) -> bool:
+            nums, module = _parts(key, heads)
+            return nums is not None and selector.matches_parts(nums, module)
+        keys = filter(wanted, keys)
+    return sorted(keys, key=functools.partial(sort_key, heads=heads))
 
 
 def parse_int_filter(text: str) -> IntFilter:

@@ -151,6 +151,26 @@ def test_structured_selection(tmp_path):
         gs.keys(step="10")
 
 
+def test_natural_order_and_selection_agree_with_key_parse():
+    """select() parses each bucket name once; it must order and filter exactly as Key.parse."""
+    import random
+    from gradstore.keys import Selector, select, try_parse
+    heads = ["R_0_E_0_S_2_B_0", "R_0_E_0_S_10_B_0", "R_01_E_0_S_2_B_0", "R_1_E_0_S_2_B_1", "R_0_E_0_S_2",
+             "notes", "R_0_E_1_S_0_B_0"]
+    mods = ["a", "b/c", "lm_head.weight", "model.layers.0.mlp.up_proj.weight"]
+    keys = [f"{h}/{m}" for h in heads for m in mods] + ["plain", "R_0_E_0_S_2_B_0"]
+    random.Random(0).shuffle(keys)
+
+    def natural(k):
+        p = try_parse(k)
+        return (1, (), k) if p is None else (0, tuple(p[:4]), p.module)
+
+    assert select(keys, Selector()) == sorted(keys, key=natural)
+    for sel in ({"rank": 0}, {"step": range(1, 11), "module": "*.mlp.*"}, {"epoch": [1]}, {"module": "b*"}):
+        want = sorted((k for k in keys if Selector(**sel).matches(try_parse(k))), key=natural)
+        assert select(keys, Selector(**sel)) == want and want, sel
+
+
 def test_key_parse():
     k = gradstore.Key.parse("R_3_E_1_S_250_B_12/model.layers.3.mlp/down_proj.weight")
     assert k == gradstore.Key(3, 1, 250, 12, "model.layers.3.mlp/down_proj.weight")
