@@ -164,3 +164,61 @@ def codewords(v, signed, negative, k, codes):
         hi, lo, length = eg_code(v[i], k, signed[i], negative[i])
         codes[i, 0] = lo
         codes[i, 1] = (hi << np.uint64(8)) | np.uint64(length)
+
+
+@njit
+def code_bits(q, k, sign):
+    """Total length of the codewords of the quantized values q in sign mode ``sign``, order k."""
+    total = 0
+    for i in range(q.size):
+        total += symbol_code(q[i], k, sign)[2]
+    return total
+
+
+@njit
+def group_sorted(v, counts):
+    """The distinct values of the sorted ``v``, their summed ``counts``, and the index of
+    each element's value among them: (unique, sums, group)."""
+    unique = np.empty(v.size, dtype=v.dtype)
+    sums = np.zeros(v.size, dtype=counts.dtype)
+    group = np.empty(v.size, dtype=np.intp)
+    m = -1
+    for i in range(v.size):
+        if i == 0 or v[i] != v[i - 1]:
+            m += 1
+            unique[m] = v[i]
+        sums[m] += counts[i]
+        group[i] = m
+    return unique[:m + 1], sums[:m + 1], group
+
+
+@njit
+def fill_table(keys, codes, lens, lo, table_codes, table_lens):
+    """Put the codewords of the values ``keys`` that fall in the table (at 1 + key - lo,
+    sentinels at both ends) into it; returns where the others are."""
+    rest = np.zeros(keys.size, dtype=np.bool_)
+    for i in range(keys.size):
+        j = keys[i] - lo + 1
+        if 1 <= j < table_lens.size - 1:
+            table_codes[j] = codes[i]
+            table_lens[j] = lens[i]
+        else:
+            rest[i] = True
+    return rest
+
+
+@njit
+def counted_values(counts, lo):
+    """The values lo, lo + 1, ... that ``counts`` (copies, values) counted, and how often."""
+    keys = np.empty(counts.shape[1], dtype=np.int64)
+    sums = np.empty(counts.shape[1], dtype=np.int64)
+    m = 0
+    for j in range(counts.shape[1]):
+        c = 0
+        for copy in range(counts.shape[0]):
+            c += np.int64(counts[copy, j])
+        if c:
+            keys[m] = lo + j
+            sums[m] = c
+            m += 1
+    return keys[:m], sums[:m]

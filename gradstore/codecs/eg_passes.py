@@ -24,12 +24,15 @@ from .. import dtypes
 from ..errors import CodecError, NotEncodableError
 from . import eg_kernels as K
 from . import eg_write as W
-from .eg_bits import SIGN_ZIGZAG, add_classes
-from .eg_plan import Histogram, Plan, codes_of, fixed_codes, merge_counts
+from .eg_bits import add_classes, code_bits
+from .eg_emit import ZERO
+from .eg_plan import Histogram, Plan, codes_of, fixed_codes, merge_counts, group_for, window_codes
 
 CHUNK = 1 << 20           # elements per kernel call: bounds every buffer (outliers: 8 MB)
 WINDOW = 1 << 20          # widest value range counted by direct indexing
-SAMPLE = 4096             # elements looked at to place that range
+SAMPLE = 4096             # elements looked at to place that range ...
+RUN = 16                  # ... in runs of this many: one cache line of float32, not one each
+CACHE = 1 << 23           # elements whose table indices the scan keeps for the writer (16 MB)
 
 
 def is_float(dtype: np.dtype) -> bool:
@@ -80,59 +83,80 @@ class Source:
     def _count(self, runs: bool, fixed: tuple | None) -> Histogram:
         run_classes = np.zeros((65, 65), dtype=np.int64)
         state = np.array([0, -1], dtype=np.int64)
-        ctype = np.uint32 if self.flat.size < 1 << 32 else np.int64
-        if self.by_pattern:
-            counts = np.zeros((K.COPIES, self.values.size), dtype=ctype)
-            is_zero = (self.values == 0) & self.valid
-            if fixed:
-                k, sign, out = fixed
-                by_pattern = np.zeros(self.values.size, dtype=np.uint64)
-                by_pattern[self.valid], long_codes = fixed_codes(self.values[self.valid], k, sign)
-            for _, chunk in self.chunks():
-                if not fixed:
-                    K.scan_patterns(chunk, counts, is_zero, run_classes if runs else None, state)
-                    continue
-                done = 0
-                while done < chunk.size:
-                    done = W.encode_patterns(chunk, done, counts, by_pattern, long_codes, out.body, out.state)
-                    out.grow(done < chunk.size)
-            self.present = counts.any(axis=0)
-            bad = np.flatnonzero(self.present & ~self.valid)
-            if bad.size:
-                raise NotEncodableError(self.why(int(np.flatnonzero(np.isin(self._bits(), bad))[0])))
-            hist = Histogram.from_patterns(counts, self.values, run_classes)
-        else:
-            wlo, width = self.window()
-            counts = np.zeros((K.COPIES, width), dtype=ctype)
-            if fixed:
-                window_codes, long_codes = fixed_codes(np.arange(wlo, wlo + width, dtype=np.int64), *fixed[:2])
-            outliers = np.empty(min(CHUNK, self.flat.size), dtype=np.int64)
-            out_keys = out_counts = np.zeros(0, dtype=np.int64)
-            for offset, chunk in self.chunks():
-                done = 0
-                while done < chunk.size:
-                    if fixed:
-                        k, sign, out = fixed
-                        done, nout, bad = W.encode_values(chunk, done, self.is_float, self.scale, k, sign, wlo,
-                                                          counts, window_codes, long_codes, outliers, out.body,
-                                                          out.state)
-                        out.grow(done < chunk.size and bad < 0)
-                    else:
-                        nout = K.scan_values(chunk, self.is_float, self.scale, wlo, counts, outliers,
-                                             run_classes if runs else None, state)
-                        done, bad = chunk.size, int(state[1])
-                    if bad >= 0:
-                        raise NotEncodableError(self.why(offset + int(bad)))
-                    if nout:
-                        keys, found = np.unique(outliers[:nout], return_counts=True)
-                        out_keys, out_counts = merge_counts(out_keys, out_counts, keys, found)
-            hist = Histogram.from_scan(counts, wlo, out_keys, out_counts, run_classes)
+        count = self._count_patterns if self.by_pattern else self._count_values
+        hist = count(run_classes if runs else None, fixed, state)
+        hist.run_classes = run_classes
         if runs:  # the final run, then the runs of no zeros (one before each non-zero value)
             if state[0]:
                 add_classes(run_classes, state[:1].astype(np.uint64), np.ones(1, np.int64))
             nonzero = int(hist.counts[hist.keys != 0].sum())
             run_classes[0, 0] += nonzero + 1 - int(run_classes.sum())
         return hist
+
+    def _count_patterns(self, run_classes: np.ndarray | None, fixed: tuple | None,
+                        state: np.ndarray) -> Histogram:
+        counts = np.zeros((K.COPIES, self.values.size), dtype=self._count_type)
+        if fixed:
+            k, sign, out = fixed
+            group = self._group(k, sign)
+            codes, lens = np.zeros(self.values.size, np.uint64), np.zeros(self.values.size, np.uint8)
+            codes[self.valid], lens[self.valid], long_codes = fixed_codes(self.values[self.valid], k, sign)
+        is_zero = (self.values == 0) & self.valid
+        for _, chunk in self.chunks():
+            if not fixed:
+                K.scan_patterns(chunk, counts, is_zero, run_classes, state)
+                continue
+            done = 0
+            while done < chunk.size:
+                done = W.encode_patterns(chunk, done, counts, codes, lens, long_codes, group, out.body,
+                                         out.state)
+                out.grow(done < chunk.size)
+        self.present = counts.any(axis=0)
+        bad = np.flatnonzero(self.present & ~self.valid)
+        if bad.size:
+            raise NotEncodableError(self.why(int(np.flatnonzero(np.isin(self._bits(), bad))[0])))
+        return Histogram.from_patterns(counts, self.values)
+
+    def _count_values(self, run_classes: np.ndarray | None, fixed: tuple | None,
+                      state: np.ndarray) -> Histogram:
+        wlo, width = self.window()
+        counts = np.zeros((K.COPIES, width + 2), dtype=self._count_type)      # with sentinels, see eg_kernels
+        if fixed:
+            k, sign, out = fixed
+            group = self._group(k, sign)
+            codes, lens, long_codes = window_codes(wlo, width, k, sign)
+        outliers = Outliers(self.flat.size)
+        if not fixed:
+            self.cache = KeyCache(self.flat.size, width + 2)
+            self.nonzeros = NonZeros(self.flat.size, run_classes is not None and self.scattered)
+            # zeros run by run (count_sparse) pay a mispredicted branch per run: worth it for long
+            # runs, or to count runs at all; short ones without runs go faster branch-free
+            sparse = self.mostly_zeros and (run_classes is not None or not self.scattered)
+        for offset, chunk in self.chunks():
+            outliers.make_room(chunk.size)
+            done = 0
+            while done < chunk.size:
+                if fixed:
+                    done, outliers.filled, bad = W.encode_values(
+                        chunk, done, self.is_float, self.scale, k, sign, wlo, counts, codes, lens, long_codes,
+                        outliers.buf, outliers.filled, group, out.body, out.state)
+                    out.grow(done < chunk.size and bad < 0)
+                else:
+                    outliers.filled = K.scan_values(chunk, offset, self.is_float, self.scale, wlo, counts,
+                                                    outliers.buf, outliers.filled, run_classes, sparse,
+                                                    self.nonzeros.buf, self.cache.of(offset, chunk.size), state)
+                    done, bad = chunk.size, int(state[1])
+                if bad >= 0:
+                    raise NotEncodableError(self.why(offset + int(bad)))
+        outliers.merge()
+        return Histogram.from_scan(counts[:, 1:-1], wlo, outliers.keys, outliers.counts)
+
+    @property
+    def _count_type(self) -> type:
+        return np.uint32 if self.flat.size < 1 << 32 else np.int64
+
+    def _group(self, k: int, sign: int) -> int:
+        return group_for(self.average_bits(k, sign))
 
     def write(self, plan: Plan, runs: bool, out: Output) -> None:
         """Pass 2: append the body to ``out``, as ``plan`` says."""
@@ -141,14 +165,16 @@ class Source:
             W.write_eg_values(plan.table_deltas, plan.k_table, True, body, state)
         k_run = plan.k_run if runs else None
         if self.by_pattern:
-            by_pattern = np.zeros(self.values.size, dtype=np.uint64)
-            by_pattern[self.present] = codes_of(plan, self.values[self.present])
+            codes, lens = np.zeros(self.values.size, np.uint64), np.full(self.values.size, ZERO, np.uint8)
+            codes[self.present], lens[self.present] = codes_of(plan, self.values[self.present])
             for _, chunk in self.chunks():
-                W.write_patterns(chunk, by_pattern, plan.long_codes, k_run, body, state)
+                W.write_patterns(chunk, codes, lens, plan.long_codes, k_run, 0, plan.group, body, state)
         else:
-            for _, chunk in self.chunks():
-                W.write_values(chunk, self.is_float, self.scale, plan.lut_lo, plan.lut, plan.out_keys,
-                               plan.out_lut, plan.long_codes, k_run, body, state)
+            tables = (plan.lut_codes, plan.lut_lens, plan.out_keys, plan.out_codes, plan.out_lens, plan.long_codes)
+            listed = self.nonzeros.listed() if runs and plan.scattered else None
+            for offset, chunk in self.chunks():
+                W.write_values(chunk, offset, self.cache.of(offset, chunk.size), listed, self.is_float, self.scale,
+                               plan.lut_lo, tables, k_run, plan.group, body, state)
         if runs:  # the trailing zeros
             W.write_eg_values(state[3:4].astype(np.int64), plan.k_run, False, body, state)
 
@@ -158,33 +184,57 @@ class Source:
         The window covers the range of a sample of the values, with room to
         spare, when that is not too wide for the array; values outside go
         the slower outlier path.  For floats it stays inside (-2**51, 2**51),
-        where eg_kernels.value_keys is exact.
+        where eg_kernels.table_keys is exact.
         """
         cap = min(WINDOW, max(4096, 2 * self.flat.size))
         limit = K.FAST if self.is_float else K.LIMIT
-        q = np.sort(self._sample(limit))
+        q = self._sample[np.abs(self._sample) < limit]
         if q.size == 0:
             return 0, 4096
-        lo, hi = int(q[0]), int(q[-1])
+        lo, hi = int(q.min()), int(q.max())
         span = hi - lo + 1
         width = min(cap, max(4096, 2 * span))
-        wlo = lo - (width - span) // 2 if width >= span else int(q[q.size // 2]) - width // 2
+        wlo = lo - (width - span) // 2 if width >= span else int(np.partition(q, q.size // 2)[q.size // 2]) - width // 2
         return min(max(wlo, 1 - limit), limit - width), width
 
     def estimate_bits(self, k: int, sign: int) -> int:
         """About how many bits a fixed-k code of the whole array takes, from a sample."""
-        q = np.abs(self._sample(K.LIMIT))
-        if q.size == 0:
-            return 64 * 1024
-        m = (2 * q if sign == SIGN_ZIGZAG else q) + 2.0 ** k
-        bits = 2 * (np.floor(np.log2(m)) + 1) - 1 - k + (sign != SIGN_ZIGZAG)
-        return int(1.25 * float(bits.mean()) * self.flat.size) + 64 * 1024
+        return int(1.25 * self.average_bits(k, sign) * self.flat.size) + 64 * 1024
 
-    def _sample(self, limit: int) -> np.ndarray:
-        """About SAMPLE quantized values, evenly spread; those of magnitude ``limit`` or more left out."""
+    def average_bits(self, k: int, sign: int) -> float:
+        """The mean fixed-k codeword length over a sample of the array."""
+        q = self._sample
+        return code_bits(q.astype(np.int64), k, sign) / q.size if q.size else 0.0
+
+    @property
+    def mostly_zeros(self) -> bool:
+        """Whether more than half of a sample of the array quantizes to 0."""
+        return 2 * int(np.count_nonzero(self._sample == 0)) > self._sample.size
+
+    @property
+    def scattered(self) -> bool:
+        """Whether, in a sample, the array is mostly zeros and most of its non-zeros come
+        after a zero (see NonZeros)."""
+        zero = np.abs(self._runs) <= 0.5              # rint(y) == 0; not NaN
+        after_zero = np.count_nonzero(zero[:, :-1] & ~zero[:, 1:])
+        return self.mostly_zeros and 2 * after_zero > np.count_nonzero(~zero[:, 1:])
+
+    @functools.cached_property
+    def _sample(self) -> np.ndarray:
+        """About SAMPLE quantized values, evenly spread in runs of RUN elements; those that
+        cannot be coded (NaN, Inf, |q| >= 2**62) left out."""
+        y = self._runs.reshape(-1)
+        return np.rint(y[np.abs(y) < K.LIMIT])
+
+    @functools.cached_property
+    def _runs(self) -> np.ndarray:
+        """The runs of the sample, scaled: (runs, RUN) float64, or the whole array as one."""
+        picked, n = self.flat, self.flat.size
+        if n > SAMPLE:
+            step = (n - RUN) // (SAMPLE // RUN - 1) * picked.itemsize
+            picked = np.lib.stride_tricks.as_strided(picked, (SAMPLE // RUN, RUN), (step, picked.itemsize))
         with np.errstate(invalid="ignore", over="ignore"):
-            y = self.flat[::max(1, self.flat.size // SAMPLE)].astype(np.float64) * self.scale
-        return np.rint(y[np.abs(y) < limit])
+            return picked.astype(np.float64).reshape(-1 if n > SAMPLE else 1, RUN if n > SAMPLE else n) * self.scale
 
     def _bits(self) -> np.ndarray:
         return self.flat.view(np.uint16 if self.flat.dtype.itemsize == 2 else np.uint8)
@@ -205,6 +255,57 @@ class Source:
         return f"{where}: beyond the eg range |q| < 2**62"
 
 
+class KeyCache:
+    """The scan's table indices of the first CACHE elements, 2 bytes each, when the table
+    has at most 65536 entries: the writer takes them instead of quantizing again."""
+
+    def __init__(self, n: int, size: int):
+        self.keys = np.empty(min(n, CACHE) if size <= 1 << 16 else 0, dtype=np.uint16)
+
+    def of(self, offset: int, size: int) -> np.ndarray | None:
+        """The cache of elements offset .. offset + size - 1, None if it does not hold them all."""
+        return self.keys[offset:offset + size] if offset + size <= self.keys.size else None
+
+
+class NonZeros:
+    """The indices of the non-zeros, listed by the scan of an array of mostly zeros (in
+    run mode), so that the writer skips the zeros without looking at them: worth it
+    when the non-zeros are scattered, one or two between runs of zeros; in long
+    stretches, the writer is faster going through them four at a time.  Room for
+    an element in four of the first CACHE; if there are more, the list is not used.
+    ``buf[0]`` is how many the scan found, buf[1:] the list."""
+
+    def __init__(self, n: int, wanted: bool):
+        self.buf = np.zeros(min(n, CACHE) // 4 + 1, dtype=np.int64) if wanted else None
+
+    def listed(self) -> np.ndarray | None:
+        if self.buf is None or self.buf[0] > self.buf.size - 1:
+            return None
+        return self.buf[1:1 + self.buf[0]]
+
+
+class Outliers:
+    """The values that fell outside the scan's window, counted: the kernels append them
+    to ``buf``, merged into ``keys``, ``counts`` when it might overflow and at the end,
+    so memory stays within 2 * CHUNK values."""
+
+    def __init__(self, n: int):
+        self.buf = np.empty(min(2 * CHUNK, n), dtype=np.int64)   # pages are touched only as used
+        self.filled = 0
+        self.keys = self.counts = np.zeros(0, dtype=np.int64)
+
+    def make_room(self, more: int) -> None:
+        if self.filled + more > self.buf.size:
+            self.merge()
+
+    def merge(self) -> None:
+        if self.filled:
+            keys, found = np.unique(self.buf[:self.filled], return_counts=True)
+            self.keys, self.counts = merge_counts(self.keys, self.counts, keys, found) if self.keys.size \
+                else (keys, found)
+            self.filled = 0
+
+
 class Output:
     """The body being written, as bytes after room for a header.
 
@@ -216,7 +317,7 @@ class Output:
         self.header_bytes = header_bytes
         self.buf = np.empty(header_bytes + nbits // 8 + 16, dtype=np.uint8)
         self.body = self.buf[header_bytes:]
-        self.state = np.zeros(4, dtype=np.uint64)     # as in eg_write
+        self.state = np.zeros(5, dtype=np.uint64)     # as in eg_emit
 
     def grow(self, needed: bool = True) -> None:
         if needed:

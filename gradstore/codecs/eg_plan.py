@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .eg_bits import KMAX, SIGN_BIT, SIGN_ZIGZAG, add_classes, codewords, sizes_by_order
-from .eg_write import LONG, PAIR
+from .eg_bits import (KMAX, SIGN_BIT, SIGN_ZIGZAG, add_classes, codewords, counted_values, fill_table,
+                      group_sorted, sizes_by_order)
+from .eg_emit import LONG, OUT, PAIR, ZERO
 from .stats import entropy_bits
 
 
@@ -23,28 +24,29 @@ class Histogram:
 
     keys: np.ndarray          # distinct quantized values, int64, ascending
     counts: np.ndarray        # how often each occurs, int64
-    run_classes: np.ndarray   # (65, 65) classes of the zero runs, final run included
+    window: tuple[int, int] = (0, 0)        # (lo, width): the values the scan counted in a table
+    run_classes: np.ndarray | None = None   # (65, 65) classes of the zero runs, final run included
 
     @classmethod
     def from_scan(cls, window: np.ndarray, wlo: int, out_keys: np.ndarray,
-                  out_counts: np.ndarray, run_classes: np.ndarray) -> Histogram:
-        """From the scan's (copies, width) counters and its sorted outliers."""
-        window = window.sum(axis=0, dtype=np.int64)
-        present = np.flatnonzero(window)
-        keys = np.concatenate([present.astype(np.int64) + wlo, out_keys])
-        counts = np.concatenate([window[present], out_counts])
-        order = np.argsort(keys, kind="stable")
-        return cls(keys[order], counts[order], run_classes)
+                  out_counts: np.ndarray) -> Histogram:
+        """From the scan's (copies, width) counters and its sorted outliers (all outside the window)."""
+        keys, counts = counted_values(window, wlo)
+        if out_keys.size:
+            below = np.searchsorted(out_keys, wlo)
+            keys = np.concatenate([out_keys[:below], keys, out_keys[below:]])
+            counts = np.concatenate([out_counts[:below], counts, out_counts[below:]])
+        return cls(keys, counts, (wlo, window.shape[1]))
 
     @classmethod
-    def from_patterns(cls, counts: np.ndarray, values: np.ndarray, run_classes: np.ndarray) -> Histogram:
+    def from_patterns(cls, counts: np.ndarray, values: np.ndarray) -> Histogram:
         """From the scan's (copies, patterns) counters and each pattern's quantized value."""
         counts = counts.sum(axis=0, dtype=np.int64)
         present = np.flatnonzero(counts)
         keys, inverse = np.unique(values[present], return_inverse=True)
         summed = np.zeros(keys.size, dtype=np.int64)
         np.add.at(summed, inverse, counts[present])
-        return cls(keys, summed, run_classes)
+        return cls(keys, summed)
 
 
 @dataclass
@@ -59,19 +61,31 @@ class Plan:
     table_bits: int
     value_bits: int
     run_bits: int
-    lut_lo: int               # value of lut[0]
-    lut: np.ndarray           # packed codewords of values lut_lo, lut_lo + 1, ... (see eg_write)
+    lut_lo: int               # value at index 1 of the lut_* tables
+    lut_codes: np.ndarray     # codewords (as eg_emit takes them) of the values lut_lo, lut_lo + 1, ...
+    lut_lens: np.ndarray      # at 1, 2, ..., with sentinels at both ends (see eg_kernels)
     out_keys: np.ndarray      # values outside the lut span, ascending
-    out_lut: np.ndarray       # their packed codewords
+    out_codes: np.ndarray     # their codewords
+    out_lens: np.ndarray
     long_codes: np.ndarray    # (n, 2) codewords longer than 56 bits
     entropy_bits: float
+    nsymbols: int
+    scattered: bool           # run mode: non-zeros mostly alone between zeros (see eg_passes.NonZeros)
 
     @property
     def nbits(self) -> int:
         return self.table_bits + self.value_bits + self.run_bits
 
+    @property
+    def group(self) -> int:
+        """How many codes the writer should try to put at a time (see eg_emit.emit_until)."""
+        return group_for((self.value_bits + self.run_bits) / max(self.nsymbols, 1))
 
-LUT_SPAN = 1 << 20  # widest run of values given a direct-lookup table
+
+def group_for(bits: float) -> int:
+    """How many codes of ``bits`` on average the writer should put at a time: as many as
+    fit one put (57 bits) nearly always, for real gradients."""
+    return 4 if bits <= 11 else 3 if bits <= 15 else 2
 
 
 def merge_counts(keys_a: np.ndarray, counts_a: np.ndarray,
@@ -110,11 +124,23 @@ def symbols(keys: np.ndarray, sign: int, runs: bool) -> tuple[np.ndarray, np.nda
 
 
 def rank_table(v: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The symbols by descending frequency (ties: smaller first) and each v's rank."""
-    unique, inverse = np.unique(v, return_inverse=True)
-    freq = np.zeros(unique.size, dtype=np.int64)
-    np.add.at(freq, inverse, counts)
-    order = np.lexsort((unique, -freq))
+    """The symbols by descending frequency (ties: smaller first) and each v's rank.
+
+    np.unique with inverse and np.lexsort take several times as long: v
+    comes in at most a few ascending runs, which a stable argsort merges,
+    and the order by frequency is one sort of (frequency, position) keys.
+    """
+    if v.size == 0:
+        return v, v
+    by_value = np.argsort(v, kind="stable")
+    unique, freq, group = group_sorted(v[by_value], counts[by_value].astype(np.uint64))
+    inverse = np.empty(v.size, dtype=np.intp)
+    inverse[by_value] = group
+    if freq.max() < 1 << 32 and unique.size < 1 << 32:
+        keys = ((freq.max() - freq) << np.uint64(32)) | np.arange(unique.size, dtype=np.uint64)
+        order = (np.sort(keys) & np.uint64(0xFFFFFFFF)).astype(np.intp)
+    else:
+        order = np.lexsort((unique, -freq.astype(np.float64)))
     rank = np.empty(unique.size, dtype=np.uint64)
     rank[order] = np.arange(unique.size, dtype=np.uint64)
     return unique[order], rank[inverse]
@@ -151,32 +177,44 @@ def make_plan(hist: Histogram, *, k: int | str, sign: int, remap: bool, runs: bo
     k_run, run_bits = best_order(hist.run_classes) if runs else (0, 0)
 
     if codes:
-        packed, long_codes = _pack(v, signed, negative, k, k_run if runs else None)
-        lut_lo, lut, out_keys, out_lut = _lookup_tables(keys[coded], packed)
+        *packed, long_codes = _pack(v, signed, negative, k, k_run if runs else None)
+        lut_lo, lut, out_keys, out = _lookup_tables(keys[coded], *packed, *hist.window)
     else:  # the writer makes its own codewords
-        lut_lo, lut, out_keys, out_lut = 0, np.zeros(0, np.uint64), keys[:0], np.zeros(0, np.uint64)
-        long_codes = np.zeros((0, 2), dtype=np.uint64)
+        lut_lo, out_keys, long_codes = 0, keys[:0], np.zeros((0, 2), dtype=np.uint64)
+        lut = out = (np.zeros(0, np.uint64), np.zeros(0, np.uint8))
     return Plan(k=k, k_run=k_run, k_table=k_table, table=table, table_deltas=deltas,
                 table_bits=table_bits, value_bits=value_bits, run_bits=run_bits,
-                lut_lo=lut_lo, lut=lut, out_keys=out_keys, out_lut=out_lut,
-                long_codes=long_codes, entropy_bits=entropy_bits(counts))
+                lut_lo=lut_lo, lut_codes=lut[0], lut_lens=lut[1], out_keys=out_keys, out_codes=out[0],
+                out_lens=out[1], long_codes=long_codes, entropy_bits=entropy_bits(counts),
+                nsymbols=int(counts.sum()), scattered=runs and 2 * int(hist.run_classes[1:].sum()) > weights.sum())
 
 
-def fixed_codes(values: np.ndarray, k: int, sign: int) -> tuple[np.ndarray, np.ndarray]:
-    """Packed codewords (as _pack) of quantized ``values`` for a fixed k, no remap, no runs."""
+def fixed_codes(values: np.ndarray, k: int, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codewords (as _pack) of quantized ``values`` for a fixed k, no remap, no runs."""
     return _pack(*symbols(values, sign, False), k)
 
 
-def _pack(v: np.ndarray, signed: np.ndarray, negative: np.ndarray, k: int,
-          k_run: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The codewords of symbols v, one uint64 each, code << 8 | length, so a lookup is one load.
+def window_codes(lo: int, width: int, k: int, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fixed_codes of the values lo .. lo + width - 1, as a table with sentinels."""
+    codes, lens, long_codes = fixed_codes(np.arange(lo, lo + width, dtype=np.int64), k, sign)
+    return *with_sentinels(codes, lens), long_codes
 
-    Codewords over 56 bits do not fit: they get length LONG and the index
-    of their row in the second array instead.  Length 0 is left to mean a
-    zero in run mode, which has no codeword of its own.  In run mode (a
-    ``k_run``) each packed code starts with the code of a run of no zeros,
-    1 << k_run in k_run + 1 bits, the usual case in dense data; the rows of
-    the second array do not, nor do the codes it would take over 56 bits.
+
+def with_sentinels(codes: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A table of codewords with an OUT sentinel at each end (see eg_kernels)."""
+    return np.concatenate([[0], codes, [0]]).astype(np.uint64), np.concatenate([[OUT], lens, [OUT]]).astype(np.uint8)
+
+
+def _pack(v: np.ndarray, signed: np.ndarray, negative: np.ndarray, k: int,
+          k_run: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The codewords of symbols v as eg_emit takes them: (codes, lengths, long codes).
+
+    Codewords over 56 bits do not fit a code: they get length LONG and the
+    index of their row in the long codes instead.  A zero in run mode, which
+    has no codeword of its own, has none here either: tables give it ZERO.
+    In run mode (a ``k_run``) each code starts with the code of a run of no
+    zeros, 1 << k_run in k_run + 1 bits, the usual case in dense data; the
+    long codes do not, nor do the codes they would take over 56 bits.
     """
     codes = np.zeros((v.size, 2), dtype=np.uint64)
     codewords(v, signed, negative, k, codes)
@@ -188,35 +226,31 @@ def _pack(v: np.ndarray, signed: np.ndarray, negative: np.ndarray, k: int,
         long = length + np.uint64(k_run + 1) > PAIR
         lo[~long] |= np.uint64(1 << k_run) << length[~long]
         length = length + np.uint64(k_run + 1)
-    packed = (lo << np.uint64(8)) | length
-    packed[long] = (np.arange(np.count_nonzero(long), dtype=np.uint64) << np.uint64(8)) | np.uint64(LONG)
-    return packed, np.ascontiguousarray(codes[long])
+    lo[long] = np.arange(np.count_nonzero(long), dtype=np.uint64)
+    length[long] = LONG
+    return lo, length.astype(np.uint8), np.ascontiguousarray(codes[long])
 
 
-def codes_of(plan: Plan, values: np.ndarray) -> np.ndarray:
-    """The packed codewords of quantized ``values`` (0 for a value without one)."""
+def codes_of(plan: Plan, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The codewords of quantized ``values`` (ZERO for a value without one)."""
     codes = np.zeros(values.size, dtype=np.uint64)
-    inside = (values >= plan.lut_lo) & (values < plan.lut_lo + plan.lut.size)
-    codes[inside] = plan.lut[values[inside] - plan.lut_lo]
+    lens = np.full(values.size, ZERO, dtype=np.uint8)
+    inside = (values >= plan.lut_lo) & (values < plan.lut_lo + plan.lut_lens.size - 2)
+    codes[inside] = plan.lut_codes[values[inside] - plan.lut_lo + 1]
+    lens[inside] = plan.lut_lens[values[inside] - plan.lut_lo + 1]
     rest = values[~inside]
     at = np.minimum(np.searchsorted(plan.out_keys, rest), max(plan.out_keys.size - 1, 0))
     found = plan.out_keys[at] == rest if plan.out_keys.size else np.zeros(rest.size, np.bool_)
-    codes[np.flatnonzero(~inside)[found]] = plan.out_lut[at[found]]
-    return codes
+    codes[np.flatnonzero(~inside)[found]] = plan.out_codes[at[found]]
+    lens[np.flatnonzero(~inside)[found]] = plan.out_lens[at[found]]
+    return codes, lens
 
 
-def _lookup_tables(keys: np.ndarray, packed: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """Split codewords into a direct table over the dense middle and a sorted rest.
-
-    The direct table spans at most LUT_SPAN values around zero, so a heavy
-    tail does not blow it up.
-    """
-    if keys.size == 0:
-        return 0, np.zeros(0, np.uint64), keys, packed
-    centre = int(np.clip(0, keys[0], keys[-1]))
-    lo = max(int(keys[0]), centre - LUT_SPAN // 2)
-    hi = min(int(keys[-1]), lo + LUT_SPAN - 1)
-    inside = (keys >= lo) & (keys <= hi)
-    lut = np.zeros(hi - lo + 1, dtype=np.uint64)
-    lut[keys[inside] - lo] = packed[inside]
-    return lo, lut, np.ascontiguousarray(keys[~inside]), np.ascontiguousarray(packed[~inside])
+def _lookup_tables(keys: np.ndarray, codes: np.ndarray, lens: np.ndarray, lo: int, width: int) -> tuple:
+    """Split codewords into a direct table over the scan's window of values lo .. lo +
+    width - 1 (with sentinels, see eg_kernels; ZERO where no value is) and a sorted
+    rest: (lo, (codes, lens), rest keys, (codes, lens)).  The writer then uses the
+    scan's table indices as they are (see eg_passes.KeyCache)."""
+    lut_codes, lut_lens = with_sentinels(np.zeros(width, dtype=np.uint64), np.full(width, ZERO, dtype=np.uint8))
+    rest = fill_table(keys, codes, lens, lo, lut_codes, lut_lens)
+    return lo, (lut_codes, lut_lens), keys[rest], (codes[rest], lens[rest])
