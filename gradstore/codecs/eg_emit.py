@@ -13,9 +13,10 @@ take a code apart.
 The stream is bytes, MSB first.  eg_bits.put keeps fewer than 8 bits
 pending and stores 8 bytes at every call, so a code of up to 57 bits costs
 no branch, and codes that fit together cost one call: the emitter goes
-four (or two) elements at a time, and a marker, never fitting, stops it.
-Buffers end with 16 spare bytes.  state = [byte position, pending bits,
-pending count, current zero run] as uint64, carried across calls.
+four, three or two elements at a time (as many as usually fit, see
+eg_plan.group_for), and a marker, never fitting, stops it.  Buffers end
+with 16 spare bytes.  state = [byte position, pending bits, pending count,
+current zero run, next listed non-zero] as uint64, carried across calls.
 
 The hot loops call only helpers that take and return scalars: numba
 reference-counts the arrays passed to a call, which in a per-element loop
@@ -140,23 +141,27 @@ def outlier_code(q, keys, codes, lens):
 
 
 @njit
-def emit(keys, n, codes, lens, group, k_run, z, where, src, out, state):
+def emit(keys, n, codes, lens, group, k_run, z, where, zero_runs, src, out, state):
     """Append the codewords of the elements keys[:n] (table indices, see eg_kernels.idx):
-    index j has the code codes[j] of lens[j] bits; emit_until() does all but the rare
-    elements, which ``src`` = (x, start, is_float, scale, out_keys, out_codes,
+    index j has the code codes[j] of lens[j] bits.  emit_until() does all but the
+    rare elements, which ``src`` = (x, start, is_float, scale, out_keys, out_codes,
     out_lens, k, sign, long_codes) describes: a sentinel (OUT) is the element
     x[start + t], coded by the ``out_*`` tables or, if k >= 0, as
     symbol_code(q, k, sign); a code too long for put() goes with put_one().
+    ``group``, ``k_run``, ``z``, ``where`` and ``zero_runs`` as in emit_until().
     """
     x, start, is_float, scale, out_keys, out_codes, out_lens, k, sign, long_codes = src
     t = 0
     while True:
-        if group == 4:      # a constant for emit_until: each compiles with its own loop only
-            t = emit_until(keys, n, codes, lens, 4, k_run, z, where, t, out, state)
+        # constants for emit_until: each compiles with its own loops only
+        if zero_runs and z < lens.size and 1 <= lens[z] <= PAIR:
+            t = emit_until(keys, n, codes, lens, 4, k_run, z, where, True, t, out, state)
+        elif group == 4:
+            t = emit_until(keys, n, codes, lens, 4, k_run, z, where, False, t, out, state)
         elif group == 3:
-            t = emit_until(keys, n, codes, lens, 3, k_run, z, where, t, out, state)
+            t = emit_until(keys, n, codes, lens, 3, k_run, z, where, False, t, out, state)
         else:
-            t = emit_until(keys, n, codes, lens, 2, k_run, z, where, t, out, state)
+            t = emit_until(keys, n, codes, lens, 2, k_run, z, where, False, t, out, state)
         if t == n:
             return
         pos, acc, nacc, run = state[0], state[1], np.int64(state[2]), state[3]
@@ -178,7 +183,7 @@ def emit(keys, n, codes, lens, group, k_run, z, where, src, out, state):
 
 
 @njit
-def emit_until(keys, n, codes, lens, group, k_run, z, where, t, out, state):
+def emit_until(keys, n, codes, lens, group, k_run, z, where, zero_runs, t, out, state):
     """Append the codewords of keys[t:n] up to the first element that needs the slow
     path of emit(): a sentinel, or a code that does not fit one put() with its run's.
     Returns that element, or n.
@@ -188,28 +193,39 @@ def emit_until(keys, n, codes, lens, group, k_run, z, where, t, out, state):
     mode (``k_run`` not None) ``z`` is the index of a zero, skipped in a
     tight loop; or, for mostly zeros, ``where`` = (indices of the non-zeros,
     index of keys[0]) from the scan (see eg_passes.NonZeros), and only the
-    listed elements are visited, from where[0][state[4]] on.  Elements before
-    t have been written, or counted in the run.
+    listed elements are visited, from where[0][state[4]] on.  In plain mode,
+    ``zero_runs`` (long runs of zeros, short codes: four at a time): a run,
+    skipped the same way, is written as its zeros' codes, up to 56 bits of
+    them at a time.  Elements before t have been written, or counted in the
+    run.
     """
     literally(group)
-    pos, acc, nacc, run = state[0], state[1], np.int64(state[2]), state[3]
+    literally(zero_runs)
+    pos, acc, nacc, run, i = state[0], state[1], np.int64(state[2]), state[3], np.int64(state[4])
     n = np.uint64(n)
     t = np.uint64(t)
+    zlen, per, zeros_word = 1, PAIR, U0
+    if zero_runs:                   # ``per`` codes of a zero, in one word
+        zlen = np.int64(lens[z])
+        per = PAIR // zlen
+        for _ in range(per):
+            zeros_word = (zeros_word << np.uint64(zlen)) | codes[z]
     while True:
         if where is not None:       # the next non-zero, after its run of zeros
             listed, first_index = where
-            i = np.int64(state[4])
             if i == listed.size or listed[i] >= first_index + np.int64(n):
                 run += n - t
                 t = n
                 break
             run += np.uint64(listed[i] - first_index) - t
             t = np.uint64(listed[i] - first_index)
-            state[4] = i + 1
+            i += 1
         else:
             if run == 0 and group == 4:
                 while t + U3 < n:
                     ja, jb, jc, jd = idx(keys, t), idx(keys, t + U1), idx(keys, t + U2), idx(keys, t + U3)
+                    if zero_runs and (ja == z) & (jb == z) & (jc == z) & (jd == z):
+                        break
                     lb, ld = np.uint64(lens[jb]), np.uint64(lens[jd])
                     ab, cd = np.uint64(lens[ja]) + lb, np.uint64(lens[jc]) + ld
                     first = (codes[ja] << lb) | codes[jb]       # used only if the lengths are
@@ -254,10 +270,20 @@ def emit_until(keys, n, codes, lens, group, k_run, z, where, t, out, state):
                     store_be64(out, pos, word)
                     pos += step
                     t += U2
-            if k_run is not None:
+            if k_run is not None or zero_runs:
+                begin = t
                 while t < n and idx(keys, t) == z:
-                    run += U1
                     t += U1
+                if k_run is not None:
+                    run += t - begin
+                else:
+                    left = np.int64(t - begin)
+                    while left > 0:
+                        m = min(left, per)
+                        acc, nacc, word, step = put(acc, nacc, zeros_word >> np.uint64(zlen * (per - m)), zlen * m)
+                        store_be64(out, pos, word)
+                        pos += step
+                        left -= m
             if t >= n:
                 break
         j = idx(keys, t)
@@ -272,5 +298,5 @@ def emit_until(keys, n, codes, lens, group, k_run, z, where, t, out, state):
             store_be64(out, pos, word)
             pos += step
         t += U1
-    state[0], state[1], state[2], state[3] = pos, acc, np.uint64(nacc), run
+    state[0], state[1], state[2], state[3], state[4] = pos, acc, np.uint64(nacc), run, np.uint64(i)
     return np.int64(t)

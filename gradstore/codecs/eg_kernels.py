@@ -232,12 +232,11 @@ def scan_values(x, offset, is_float, scale, wlo, counts, outliers, nout, run_cla
     are then (it has room for x.size more).  The first element that
     cannot be coded (NaN, Inf, |q| >= 2**62) stops the scan: its index goes
     to state[1].  state[0] carries the current zero run across chunks;
-    ``run_classes=None`` counts no runs (and numba compiles it without);
-    ``sparse``: count_sparse counts them (mostly zeros), and lists the
-    non-zeros in ``where`` if not None, x[0] being element ``offset`` of the
-    array.  With a
-    ``cache`` (not None, uint16), the table indices go there too, so that
-    the writer does not have to quantize again.
+    ``run_classes=None`` counts no runs (and numba compiles it without).
+    ``sparse`` (mostly zeros): count_sparse counts, and lists the non-zeros
+    in ``where`` if not None, x[0] being element ``offset`` of the array.
+    With a ``cache`` (not None, uint16), the table indices go there too, so
+    that the writer does not have to quantize again.
     """
     size = counts.shape[1]
     z = zero_index(wlo, size)

@@ -6,12 +6,15 @@ An array is fed one of two ways (see eg_kernels):
   pattern: each of the at most 65536 patterns is quantized once, here;
 * everything else by value, chunk by chunk, quantized in the kernels.
 
-Pass 1 (scan) validates and counts; pass 2 (write) quantizes again and
-writes the codewords the plan chose, which for k=auto or remap=rank need
-the whole histogram first.  A fixed k without remap or runs needs none, so
-scan_and_write() does both in one pass, each element quantized once.
-Besides the output, memory stays bounded by CHUNK elements and WINDOW
-counters whatever the array.
+Pass 1 (scan) validates and counts; pass 2 (write) writes the codewords
+the plan chose, which for k=auto or remap=rank need the whole histogram
+first.  The scan keeps each element's table index (KeyCache) and, for
+scattered non-zeros in run mode, where they are (NonZeros), so that the
+writer need not quantize again nor look at the zeros.  A fixed k without
+remap or runs needs no histogram, so scan_and_write() does both in one
+pass, each element quantized once.  Besides the output, memory stays
+bounded whatever the array: CHUNK elements and WINDOW counters, 2 bytes for
+each of the first CACHE elements, and 8 for one in four of them.
 """
 from __future__ import annotations
 
@@ -26,9 +29,9 @@ from . import eg_kernels as K
 from . import eg_write as W
 from .eg_bits import add_classes, code_bits
 from .eg_emit import ZERO
-from .eg_plan import Histogram, Plan, codes_of, fixed_codes, merge_counts, group_for, window_codes
+from .eg_plan import Histogram, Plan, codes_of, fixed_codes, group_for, merge_counts, window_codes
 
-CHUNK = 1 << 20           # elements per kernel call: bounds every buffer (outliers: 8 MB)
+CHUNK = 1 << 20           # elements per kernel call: bounds every buffer (outliers: 16 MB)
 WINDOW = 1 << 20          # widest value range counted by direct indexing
 SAMPLE = 4096             # elements looked at to place that range ...
 RUN = 16                  # ... in runs of this many: one cache line of float32, not one each
@@ -139,7 +142,7 @@ class Source:
                 if fixed:
                     done, outliers.filled, bad = W.encode_values(
                         chunk, done, self.is_float, self.scale, k, sign, wlo, counts, codes, lens, long_codes,
-                        outliers.buf, outliers.filled, group, out.body, out.state)
+                        outliers.buf, outliers.filled, group, self.long_zero_runs, out.body, out.state)
                     out.grow(done < chunk.size and bad < 0)
                 else:
                     outliers.filled = K.scan_values(chunk, offset, self.is_float, self.scale, wlo, counts,
@@ -174,7 +177,7 @@ class Source:
             listed = self.nonzeros.listed() if runs and plan.scattered else None
             for offset, chunk in self.chunks():
                 W.write_values(chunk, offset, self.cache.of(offset, chunk.size), listed, self.is_float, self.scale,
-                               plan.lut_lo, tables, k_run, plan.group, body, state)
+                               plan.lut_lo, tables, k_run, plan.group, self.long_zero_runs, body, state)
         if runs:  # the trailing zeros
             W.write_eg_values(state[3:4].astype(np.int64), plan.k_run, False, body, state)
 
@@ -218,6 +221,11 @@ class Source:
         zero = np.abs(self._runs) <= 0.5              # rint(y) == 0; not NaN
         after_zero = np.count_nonzero(zero[:, :-1] & ~zero[:, 1:])
         return self.mostly_zeros and 2 * after_zero > np.count_nonzero(~zero[:, 1:])
+
+    @property
+    def long_zero_runs(self) -> bool:
+        """Whether, in a sample, the array is mostly zeros in long runs."""
+        return self.mostly_zeros and not self.scattered
 
     @functools.cached_property
     def _sample(self) -> np.ndarray:
@@ -276,7 +284,9 @@ class NonZeros:
     ``buf[0]`` is how many the scan found, buf[1:] the list."""
 
     def __init__(self, n: int, wanted: bool):
-        self.buf = np.zeros(min(n, CACHE) // 4 + 1, dtype=np.int64) if wanted else None
+        self.buf = np.empty(min(n, CACHE) // 4 + 1, dtype=np.int64) if wanted else None
+        if wanted:
+            self.buf[0] = 0
 
     def listed(self) -> np.ndarray | None:
         if self.buf is None or self.buf[0] > self.buf.size - 1:

@@ -1,6 +1,6 @@
 """The eg encoder's writing passes: each element's codeword into the bit stream.
 
-The codewords come from tables that eg_plan makes (packed as eg_emit
+The codewords come from tables that eg_plan makes (as eg_emit
 describes) and reach the stream through eg_emit.emit, a block at a time:
 
 * write_values / write_patterns: pass 2, after the scan, as the plan says;
@@ -20,11 +20,12 @@ NONE = np.zeros(0, dtype=np.int64)   # no outlier keys: the one-pass writers com
 
 
 @njit
-def write_values(x, offset, cache, listed, is_float, scale, lut_lo, tables, k_run, group, out, state):
+def write_values(x, offset, cache, listed, is_float, scale, lut_lo, tables, k_run, group, zero_runs, out, state):
     """Pass 2 for values: append each element's codeword, the table indices from the
     scan's ``cache`` if not None, else quantizing again; in run mode, with the
     scan's ``listed`` non-zeros (not None), only those (see eg_emit.emit_until),
-    x[0] being element ``offset`` of the array.
+    x[0] being element ``offset`` of the array; in plain mode, with ``zero_runs``,
+    runs of zeros a word at a time.
 
     ``tables`` = (lut_codes, lut_lens, out_keys, out_codes, out_lens,
     long_codes), as in eg_plan.Plan: the codewords of the values lut_lo,
@@ -35,25 +36,26 @@ def write_values(x, offset, cache, listed, is_float, scale, lut_lo, tables, k_ru
     codes, lens, out_keys, out_codes, out_lens, long_codes = tables
     size = lens.size
     z = zero_index(lut_lo, size)
+    zero_runs = zero_runs and k_run is None
     keys = np.empty(BLOCK, dtype=np.int64)
     for start in range(0, x.size, BLOCK):
         n = min(x.size - start, BLOCK)
         src = (x, start, is_float, scale, out_keys, out_codes, out_lens, -1, 0, long_codes)
         if cache is None:
             table_keys(x, start, n, is_float, scale, lut_lo, size, keys)
-            emit_listed(keys, n, codes, lens, group, k_run, z, listed, offset + start, src, out, state)
+            emit_listed(keys, n, codes, lens, group, k_run, z, listed, offset + start, zero_runs, src, out, state)
         else:
-            emit_listed(cache[start:start + n], n, codes, lens, group, k_run, z, listed, offset + start, src,
-                        out, state)
+            emit_listed(cache[start:start + n], n, codes, lens, group, k_run, z, listed, offset + start,
+                        zero_runs, src, out, state)
 
 
 @njit
-def emit_listed(keys, n, codes, lens, group, k_run, z, listed, first_index, src, out, state):
+def emit_listed(keys, n, codes, lens, group, k_run, z, listed, first_index, zero_runs, src, out, state):
     """emit(), of the ``listed`` elements only if not None (keys[0] is element ``first_index``)."""
     if listed is None:
-        emit(keys, n, codes, lens, group, k_run, z, None, src, out, state)
+        emit(keys, n, codes, lens, group, k_run, z, None, zero_runs, src, out, state)
     else:
-        emit(keys, n, codes, lens, group, k_run, z, (listed, first_index), src, out, state)
+        emit(keys, n, codes, lens, group, k_run, z, (listed, first_index), False, src, out, state)
 
 
 @njit
@@ -61,12 +63,12 @@ def write_patterns(x, codes, lens, long_codes, k_run, z, group, out, state):
     """Pass 2 for bit patterns: pattern p has the codeword codes[p] of lens[p] bits, and
     pattern ``z`` is a zero (one of them: the others have the length ZERO)."""
     src = (x, 0, False, 1.0, NONE, codes[:0], lens[:0], -1, 0, long_codes)
-    emit(x, x.size, codes, lens, group, k_run, np.uint32(z), None, src, out, state)
+    emit(x, x.size, codes, lens, group, k_run, np.uint32(z), None, False, src, out, state)
 
 
 @njit
 def encode_values(x, begin, is_float, scale, k, sign, wlo, counts, codes, lens, long_codes, outliers,
-                  nout, group, out, state):
+                  nout, group, zero_runs, out, state):
     """Both passes at once, for a fixed k without remap or runs: count as
     eg_kernels.scan_values does, and append each element's codeword, from
     ``codes``/``lens`` (over the window, as ``counts``) or, for the values
@@ -79,6 +81,7 @@ def encode_values(x, begin, is_float, scale, k, sign, wlo, counts, codes, lens, 
     the caller can grow the buffer and go on.
     """
     size = counts.shape[1]
+    z = zero_index(wlo, size)
     room = out.size - 16 * BLOCK - 16     # may be negative: then no block fits
     keys = np.empty(BLOCK, dtype=np.int64)
     start = begin
@@ -90,7 +93,7 @@ def encode_values(x, begin, is_float, scale, k, sign, wlo, counts, codes, lens, 
         if bad >= 0:
             return start, nout, start + bad
         src = (x, start, is_float, scale, NONE, codes[:0], lens[:0], k, sign, long_codes)
-        emit(keys, n, codes, lens, group, None, np.uint32(0), None, src, out, state)
+        emit(keys, n, codes, lens, group, None, z, None, zero_runs, src, out, state)
         start += n
     return start, nout, -1
 
@@ -105,7 +108,7 @@ def encode_patterns(x, begin, counts, codes, lens, long_codes, group, out, state
     while start < x.size and np.int64(state[0]) <= room:
         block = x[start:start + BLOCK]
         count_block(block, block.size, counts, 0, 0, None)
-        emit(block, block.size, codes, lens, group, None, np.uint32(0), None, src, out, state)
+        emit(block, block.size, codes, lens, group, None, np.uint32(0), None, False, src, out, state)
         start += block.size
     return start
 

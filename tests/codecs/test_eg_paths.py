@@ -34,7 +34,8 @@ def arrays() -> dict[str, np.ndarray]:
     wild[BLOCK - 2:BLOCK + 3] = 0.0                          # a run across the first block border
     far = (10**12 + rng.integers(-50, 50, n)).astype(np.int64)
     far[rng.random(n) < 0.3] = 0                             # zeros outside the window
-    return {"dense": dense, "iid": iid, "rows": rows.reshape(-1), "wild": wild, "far": far}
+    no_zeros = np.abs(dense) + np.float32(1e-3)
+    return {"dense": dense, "iid": iid, "rows": rows.reshape(-1), "wild": wild, "far": far, "no zeros": no_zeros}
 
 
 ARRAYS = arrays()
@@ -71,6 +72,12 @@ def test_both_run_counters_count_the_same(monkeypatch, reference_payloads, dequa
     (for dense arrays the list overflows and is dropped)."""
     monkeypatch.setattr(eg_passes.Source, "mostly_zeros", property(lambda self: sparse))
     monkeypatch.setattr(eg_passes.Source, "scattered", property(lambda self: scattered))
+    check_same(reference_payloads, dequantized)
+
+
+@pytest.mark.parametrize("long_runs", [False, True])
+def test_zero_runs_a_word_at_a_time_or_not(monkeypatch, reference_payloads, dequantized, long_runs):
+    monkeypatch.setattr(eg_passes.Source, "long_zero_runs", property(lambda self: long_runs))
     check_same(reference_payloads, dequantized)
 
 
@@ -129,3 +136,13 @@ def test_uncodable_elements_are_named_on_every_path(monkeypatch, spec, where, ba
         x[where] = bad
         with pytest.raises(NotEncodableError, match=rf"element \({where},\)"):
             get_codec(spec).encode(x)
+
+
+def test_floats_quantized_beyond_2_to_the_51():
+    """Where float keys stop being exact, values go the outlier path (once a wrong codeword)."""
+    x = 1e10 + np.arange(3000) * 3.0                          # q about 2**53
+    x[::7] = 0.0
+    for spec in ("eg:k=auto,remap=rank", "eg:k=auto,zeros=run", "eg:k=0", "eg:k=2,sign=zigzag,remap=rank"):
+        codec = get_codec(spec)
+        out = codec.decode(codec.encode(x).payload, x.dtype, x.shape)
+        assert np.array_equal(out, np.rint(x * 1e6) * (1 / 1e6))
