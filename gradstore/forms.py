@@ -50,6 +50,11 @@ class Forms:
     def __len__(self) -> int:
         return len(self.kind)
 
+    @classmethod
+    def empty(cls) -> "Forms":
+        none = np.zeros(0, np.uint8)
+        return cls(none, none, none, np.zeros(0, _U64))
+
     def build(self, f: int) -> tuple:
         code, start = int(self.dtype[f]), int(self.dstart[f])
         shape = tuple(self.dims[start:start + int(self.ndim[f])].tolist())
@@ -72,7 +77,7 @@ class Forms:
         n = len(kind)
         dstart = (np.cumsum(ndim, dtype=np.int64) - ndim).astype(np.int64)
         if n == 0:
-            return cls(kind[:0], dtype[:0], ndim[:0], dims[:0]), np.zeros(0, np.uint32)
+            return cls.empty(), np.zeros(0, np.uint32)
         deep = [np.flatnonzero(ndim > j) for j in range(int(ndim.max()))]  # rows with a dim j
         deep = [slice(None) if len(rows) == n else rows for rows in deep]
         base = (kind.astype(_U64) << np.uint64(16)) | (dtype.astype(_U64) << np.uint64(8)) | ndim

@@ -123,7 +123,7 @@ class Index:
         self._n = 0                                  # rows in the base (from a snapshot)
         self._rows = np.zeros(1, _ROW_DTYPE)         # base rows, hash order, then the sentinel
         self._rows["hash"][0] = _LAST
-        self._forms = Forms.of_rows(*(np.zeros(0, np.uint8),) * 3, np.zeros(0, _U64))[0]
+        self._forms = Forms.empty()
         self._built = self._forms.built
         self._order = np.zeros(0, np.uint32)         # row -> its row number in the snapshot
         self._blob = b""                             # base keys, NUL-joined UTF-8, snapshot order
