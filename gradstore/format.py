@@ -86,17 +86,27 @@ class RecordHeader(NamedTuple):
         return align(self.header_len + self.payload_len)
 
 
-def pack_record_header(kind: int, meta: dict, payload_len: int, checksum: int) -> bytes:
+def pack_meta(meta: dict) -> bytes:
+    """A record's meta map, as its header holds it."""
+    return msgpack.packb(meta, use_bin_type=True)
+
+
+def record_header_len(meta_bytes: bytes) -> int:
+    """Length of a record header with this meta, padding included (a multiple of 64)."""
+    return align(REC_FIXED_SIZE + len(meta_bytes))
+
+
+def record_header(kind: int, meta_bytes: bytes, payload_len: int, checksum: int) -> bytes:
     """Header bytes of a record, padded so that the payload starts 64-aligned."""
-    meta_bytes = msgpack.packb(meta, use_bin_type=True)
-    header_len = align(REC_FIXED_SIZE + len(meta_bytes))
+    header_len = record_header_len(meta_bytes)
     fixed = REC_FIXED.pack(REC_MAGIC, VERSION, kind, len(meta_bytes), header_len,
                            payload_len, checksum)
-    hcheck = xxhash.xxh3_64()
-    hcheck.update(fixed)
-    hcheck.update(meta_bytes)
-    head = fixed + struct.pack("<Q", hcheck.intdigest()) + meta_bytes
+    head = fixed + struct.pack("<Q", xxh3(fixed + meta_bytes)) + meta_bytes
     return head + bytes(header_len - len(head))
+
+
+def pack_record_header(kind: int, meta: dict, payload_len: int, checksum: int) -> bytes:
+    return record_header(kind, pack_meta(meta), payload_len, checksum)
 
 
 def unpack_record_header(buf, offset: int, where: str) -> RecordHeader:

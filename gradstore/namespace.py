@@ -194,22 +194,38 @@ class Namespace:
 
     def append(self, kind: int, meta: dict, payload) -> Entry:
         """Write a record, then commit it with its log entry."""
+        return self.append_many(kind, [(meta, payload)])[0]
+
+    def append_many(self, kind: int, items: list[tuple[dict, object]]) -> list[Entry]:
+        """Write records, then commit them with their log entries.
+
+        A run of records that fits in one segment is written with one call
+        and committed with one log write, so the records of a run are
+        committed together; a run that fails is cut back whole.
+        """
         writer = self.writers[fmt.KIND_STREAM[kind]]
-        seq, offset, hlen, checksum = writer.append(kind, meta, payload)
-        extra = None
-        if kind == fmt.KIND_VARIANT:
-            extra = {k: v for k, v in meta.items() if k not in ("key", "dtype", "shape", "time")}
-        entry = Entry(kind, meta["key"], seq, offset, hlen, len(payload), meta["dtype"],
-                      tuple(meta["shape"]), checksum, meta["time"], extra, self.name)
-        try:
-            self.log.append(entry.to_log())
-        except BaseException:
-            writer.rollback(offset)
-            raise
-        self.index.add(entry)
-        if self.log.count >= max(CHECKPOINT_EVERY, len(self.index) // 4):
-            self.checkpoint()
-        return entry
+        packed = [(fmt.pack_meta(meta), payload) for meta, payload in items]
+        out: list[Entry] = []
+        while len(out) < len(items):
+            placed = writer.append_run(kind, packed[len(out):])
+            entries = []
+            for (seq, offset, hlen, checksum), (meta, payload) in zip(placed, items[len(out):]):
+                extra = None
+                if kind == fmt.KIND_VARIANT:
+                    extra = {k: v for k, v in meta.items() if k not in ("key", "dtype", "shape", "time")}
+                entries.append(Entry(kind, meta["key"], seq, offset, hlen, len(payload), meta["dtype"],
+                                     tuple(meta["shape"]), checksum, meta["time"], extra, self.name))
+            try:
+                self.log.append([e.to_log() for e in entries])
+            except BaseException:
+                writer.rollback(placed[0][1])
+                raise
+            for e in entries:
+                self.index.add(e)
+            out += entries
+            if self.log.count >= max(CHECKPOINT_EVERY, len(self.index) // 4):
+                self.checkpoint()
+        return out
 
     def sync(self) -> None:
         for w in self.writers.values():
@@ -329,7 +345,7 @@ class Namespace:
             m = self.maps.get(e.stream, e.seq, e.end)
             seq, offset = self.writers[e.stream].append_raw(memoryview(m)[e.offset:e.end])
             moved = e._replace(seq=seq, offset=offset)
-            self.log.append(moved.to_log())
+            self.log.append([moved.to_log()])
             self.index.add(moved)
         body = self._rotate(self.log.gen + 1, self.log.fsync)
         self.maps.forget()

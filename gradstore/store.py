@@ -251,28 +251,32 @@ class Store:
             raise KeyExistsError(f"key already stored (pass overwrite=True to replace it): {key!r}")
         return key, arr
 
-    def _append(self, ns: Namespace, key: str, arr: np.ndarray) -> Entry:
-        payload = payload_view(arr)
-        meta = {"key": key, "dtype": dtypes.name_of(arr.dtype), "shape": list(arr.shape),
-                "time": time.time_ns()}
-        entry = ns.append(fmt.KIND_TENSOR, meta, payload)
+    def _append(self, ns: Namespace, prepared: list[tuple[str, np.ndarray]]) -> list[Entry]:
+        """Write prepared (key, array) pairs; return once they are committed."""
+        now = time.time_ns()
+        entries = ns.append_many(fmt.KIND_TENSOR, [
+            ({"key": key, "dtype": dtypes.name_of(arr.dtype), "shape": list(arr.shape), "time": now},
+             payload_view(arr)) for key, arr in prepared])
         if self._buckets is not None:
-            head, sep, _ = key.partition("/")
-            if sep and key not in self._buckets.setdefault(head, []):
-                self._buckets[head].append(key)
-        return entry
+            for key, _ in prepared:
+                head, sep, _ = key.partition("/")
+                if sep and key not in self._buckets.setdefault(head, []):
+                    self._buckets[head].append(key)
+        return entries
 
     def write(self, key: str, value, *, overwrite: bool = False) -> Entry:
         """Append one tensor. Returns once the record is committed (see spec section 5)."""
         ns = self._check_writable()
-        key, arr = self._prepare(key, value, overwrite)
-        return self._append(ns, key, arr)
+        return self._append(ns, [self._prepare(key, value, overwrite)])[0]
 
     def write_bucket(self, name: str, tensors: Mapping[str, object], *,
                      overwrite: bool = False) -> list[Entry]:
         """Append every {module: tensor} of a bucket as ``name/module``.
 
         All keys and values are checked before the first byte is written.
+        The records go out together (one write call and one log entry batch
+        per segment they land in), and the call returns once all are
+        committed.
         """
         ns = self._check_writable()
         if not isinstance(tensors, Mapping):
@@ -280,7 +284,7 @@ class Store:
         check_key(name)
         prepared = [self._prepare(f"{name}/{check_key(module)}", value, overwrite)
                     for module, value in tensors.items()]
-        return [self._append(ns, key, arr) for key, arr in prepared]
+        return self._append(ns, prepared)
 
     def sync(self) -> None:
         """Make everything written so far durable (fsync segments, log and directory)."""

@@ -38,7 +38,7 @@ PROBE = np.arange(1000, dtype=np.float32) * 0.5
 # Qualified names of the store's functions, used to place faults. If one is
 # renamed, the fault never fires and the test says so.
 APPEND = "Store._append"
-SEG_APPEND = "SegmentWriter.append"
+SEG_APPEND = "SegmentWriter.append_run"
 SEG_COPY = "SegmentWriter.append_raw"
 SEG_START = "SegmentWriter._start"
 LOG_APPEND = "LogWriter.append"
@@ -218,7 +218,8 @@ POINTS = [
 def test_crash_points_are_distinct_and_many():
     ids = [f"{p.id}-s{p.seed}-r{p.rank}" for p in POINTS]
     assert len(set(ids)) == len(ids)
-    total = len(ids) + len(KILL_AFTER) + len(DELAY_SEEDS) + len(DOUBLE) + len(REBUILD_POINTS)
+    total = (len(ids) + len(PIECED) + len(KILL_AFTER) + len(DELAY_SEEDS) + len(DOUBLE)
+             + len(REBUILD_POINTS))
     assert total >= 50
 
 
@@ -226,6 +227,19 @@ def test_crash_points_are_distinct_and_many():
 def test_sigkill_inside_the_commit_protocol(fast_tmp, point):
     plan = base_plan(fast_tmp, seed=point.seed, rank=point.rank)
     plan["fault"] = point.fault(plan)
+    crash_and_check(plan)
+
+
+# Large runs: zeroed headers, payload pieces, then the headers, each its own pwritev.
+PIECED = [(2, "half"), (3, "before"), (7, "allbut1"), (15, "after"), (30, "one"), (61, "half"),
+          (97, "after")]
+
+
+@pytest.mark.parametrize("n,how", PIECED, ids=[f"pwritev-{how}-{n}" for n, how in PIECED])
+def test_sigkill_inside_a_run_written_in_pieces(fast_tmp, n, how):
+    plan = base_plan(fast_tmp, seed=11)
+    plan["hash_piece"] = 256
+    plan["fault"] = _record(n, how).fault(plan)
     crash_and_check(plan)
 
 

@@ -1,0 +1,160 @@
+"""Records written in runs: one pwritev per run, checksums from the trailing
+hash thread, runs split at segment borders, and a failed run cut back whole."""
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+import gradstore
+from gradstore import format as fmt
+from gradstore import segment
+
+
+def bucket(n: int, sizes, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {f"m{i}.weight": rng.standard_normal(sizes[i % len(sizes)]).astype(np.float32)
+            for i in range(n)}
+
+
+def check_store(path, expected: dict[str, np.ndarray]) -> None:
+    """Every key bit-exact, its stored checksum that of its bytes, verify clean."""
+    with gradstore.open(path) as gs:
+        assert sorted(gs.keys()) == sorted(expected)
+        for key, a in expected.items():
+            got = gs.get(key, verify=True)
+            assert got.dtype == a.dtype and got.shape == a.shape
+            assert got.tobytes() == a.tobytes()
+            assert gs.entry(key).checksum == fmt.xxh3(a.tobytes())
+        assert gs.verify() == []
+
+
+def segment_sizes(path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (path / "main").glob("*.bin")}
+
+
+def test_a_bucket_of_more_buffers_than_one_call_takes(tmp_path, monkeypatch):
+    monkeypatch.setattr(segment, "_IOV_MAX", 7)
+    widths = []
+    real = os.pwritev
+
+    def pwritev(fd, buffers, offset):
+        widths.append(len(buffers))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    tensors = bucket(40, [0, 1, 3, 17, 64])
+    with gradstore.open(tmp_path / "s.gs", "w") as gs:
+        gs.write_bucket("R_0_E_0_S_0_B_0", tensors)
+    assert max(widths) == 7 and len(widths) > 10
+    check_store(tmp_path / "s.gs", {f"R_0_E_0_S_0_B_0/{m}": a for m, a in tensors.items()})
+
+
+def test_short_writes_are_continued_across_buffers(tmp_path, monkeypatch):
+    real = os.pwritev
+
+    def short(fd, buffers, offset):  # the kernel may write less than asked
+        first = memoryview(buffers[0])[:37]
+        return real(fd, [first], offset)
+
+    tensors = bucket(9, [5, 100, 3000])
+    monkeypatch.setattr(segment, "HASH_PIECE", 4096)
+    monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
+    monkeypatch.setattr(os, "pwritev", short)
+    with gradstore.open(tmp_path / "s.gs", "w") as gs:
+        gs.write_bucket("B", tensors)
+    monkeypatch.setattr(os, "pwritev", real)
+    check_store(tmp_path / "s.gs", {f"B/{m}": a for m, a in tensors.items()})
+
+
+@pytest.mark.parametrize("piece", [64, 4096, 1 << 20])
+def test_payloads_hashed_in_pieces_by_the_trailing_thread(tmp_path, monkeypatch, piece):
+    """Pieces that split payloads, pieces that hold several, empty payloads among them."""
+    monkeypatch.setattr(segment, "HASH_PIECE", piece)
+    monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
+    hashed = []
+    real = segment._hash_pieces
+    monkeypatch.setattr(segment, "_hash_pieces", lambda q, n: hashed.append(n) or real(q, n))
+    tensors = bucket(12, [0, 1, 15, 1000, 12345, 70000])
+    path = tmp_path / "s.gs"
+    with gradstore.open(path, "w") as gs:
+        gs.write_bucket("R_0_E_0_S_0_B_0", tensors)
+        gs.write("alone", np.arange(50000, dtype=np.int16))
+    assert hashed == [12, 1]  # both went the trailing-hash way
+    expected = {f"R_0_E_0_S_0_B_0/{m}": a for m, a in tensors.items()}
+    expected["alone"] = np.arange(50000, dtype=np.int16)
+    check_store(path, expected)
+    # The headers written after the payloads are whole: a rebuild from the segments finds all.
+    (path / "main" / "index.snap").unlink(missing_ok=True)
+    for log in (path / "main").glob("*.log"):
+        log.unlink()
+    gradstore.repair(path)
+    check_store(path, expected)
+
+
+def test_a_bucket_larger_than_a_segment_is_split_at_segment_borders(tmp_path):
+    tensors = bucket(20, [3000])  # 12 KB each, 32 KiB segments: two or so per segment
+    path = tmp_path / "s.gs"
+    with gradstore.open(path, "w", segment_size="32KiB") as gs:
+        entries = gs.write_bucket("R_0_E_0_S_0_B_0", tensors)
+    seqs = [e.seq for e in entries]
+    assert seqs == sorted(seqs) and len(set(seqs)) >= 6
+    assert all(size <= 32 * 1024 for size in segment_sizes(path).values())
+    check_store(path, {f"R_0_E_0_S_0_B_0/{m}": a for m, a in tensors.items()})
+
+
+@pytest.mark.parametrize("big, fail_at", [(False, 1), (True, 1), (True, 3)])
+def test_a_failed_run_is_cut_back_whole(tmp_path, monkeypatch, big, fail_at):
+    """Disk full in the middle of a bucket: none of it is stored, and the store goes on.
+
+    A small run is one pwritev; a big one (hashed by the trailing thread) is
+    several, and the third fails after two pieces landed.
+    """
+    path = tmp_path / "s.gs"
+    first = {"R_0_E_0_S_0_B_0/w": np.arange(1000, dtype=np.float32)}
+    with gradstore.open(path, "w") as gs:
+        gs.write("R_0_E_0_S_0_B_0/w", first["R_0_E_0_S_0_B_0/w"])
+        before = segment_sizes(path)
+        if big:
+            monkeypatch.setattr(segment, "HASH_PIECE", 8192)
+            monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
+        real, calls = os.pwritev, []
+
+        def failing(fd, buffers, offset):
+            calls.append(offset)
+            if len(calls) == fail_at:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd, buffers, offset)
+
+        monkeypatch.setattr(os, "pwritev", failing)
+        tensors = bucket(6, [100, 5000])
+        with pytest.raises(OSError, match="No space"):
+            gs.write_bucket("R_0_E_0_S_1_B_0", tensors)
+        monkeypatch.setattr(os, "pwritev", real)
+        assert len(calls) == fail_at  # the fault hit the run, not something after it
+        assert segment_sizes(path) == before
+        assert gs.keys() == ["R_0_E_0_S_0_B_0/w"]
+        gs.write_bucket("R_0_E_0_S_2_B_0", tensors)
+    expected = dict(first, **{f"R_0_E_0_S_2_B_0/{m}": a for m, a in tensors.items()})
+    check_store(path, expected)
+
+
+def test_a_failed_log_write_cuts_the_run_back(tmp_path, monkeypatch):
+    path = tmp_path / "s.gs"
+    with gradstore.open(path, "w") as gs:
+        gs.write("a", np.ones(10, np.float32))
+        before = segment_sizes(path)
+        real = os.writev
+
+        def failing(fd, buffers):
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(os, "writev", failing)
+        with pytest.raises(OSError, match="Input/output"):
+            gs.write_bucket("R_0_E_0_S_0_B_0", bucket(4, [10, 20000]))
+        monkeypatch.setattr(os, "writev", real)
+        assert segment_sizes(path) == before
+        assert gs.keys() == ["a"]
+    check_store(path, {"a": np.ones(10, np.float32)})
