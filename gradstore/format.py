@@ -101,8 +101,13 @@ def record_header(kind: int, meta_bytes: bytes, payload_len: int, checksum: int)
     header_len = record_header_len(meta_bytes)
     fixed = REC_FIXED.pack(REC_MAGIC, VERSION, kind, len(meta_bytes), header_len,
                            payload_len, checksum)
-    head = fixed + struct.pack("<Q", xxh3(fixed + meta_bytes)) + meta_bytes
+    head = fixed + struct.pack("<Q", _header_checksum(fixed, meta_bytes)) + meta_bytes
     return head + bytes(header_len - len(head))
+
+
+def _header_checksum(fixed: bytes, meta_bytes: bytes) -> int:
+    """The header's own checksum: xxh3-64 of its fixed fields and its meta."""
+    return xxh3(fixed + meta_bytes)
 
 
 def pack_record_header(kind: int, meta: dict, payload_len: int, checksum: int) -> bytes:
@@ -124,13 +129,11 @@ def unpack_record_header(buf, offset: int, where: str) -> RecordHeader:
         raise FormatError(f"{where} @ {offset}: truncated or damaged record header")
     (hxxh,) = struct.unpack_from("<Q", buf, offset + REC_FIXED.size)
     meta_start = offset + REC_FIXED_SIZE
-    hcheck = xxhash.xxh3_64()
-    hcheck.update(bytes(buf[offset:offset + REC_FIXED.size]))
-    hcheck.update(bytes(buf[meta_start:meta_start + meta_len]))
-    if hcheck.intdigest() != hxxh:
+    meta_bytes = bytes(buf[meta_start:meta_start + meta_len])
+    if _header_checksum(bytes(buf[offset:offset + REC_FIXED.size]), meta_bytes) != hxxh:
         raise FormatError(f"{where} @ {offset}: record header checksum mismatch")
     try:
-        meta = msgpack.unpackb(bytes(buf[meta_start:meta_start + meta_len]), raw=False)
+        meta = msgpack.unpackb(meta_bytes, raw=False)
     except Exception as exc:  # msgpack raises several types
         raise FormatError(f"{where} @ {offset}: unreadable record meta ({exc})") from None
     if not isinstance(meta, dict) or "key" not in meta:

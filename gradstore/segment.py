@@ -72,10 +72,10 @@ def write_all(fd: int, buffers: list, offset: int | None = None) -> None:
             views[0] = views[0][n:]
 
 
-# Large payloads are hashed by a second thread while this one writes them: xxhash
-# and pwritev both release the GIL, so the hash costs no time when a core is
-# free.  Below this size (a run's payloads together) the hand-off costs more
-# than the hash.
+# A run with at least this many payload bytes is hashed by a second thread
+# while this one writes it (_write_hashing): xxhash and pwritev both release
+# the GIL, so the hash costs little when a core is free.  Below this size the
+# hand-off costs more than the hash.
 PARALLEL_HASH = 1 << 20
 _hash_pool: ThreadPoolExecutor | None = None
 
@@ -94,10 +94,6 @@ def _forget_hasher() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_hasher)
-
-
-def _hash_all(payloads: list) -> list[int]:
-    return [fmt.xxh3(p) for p in payloads]
 
 
 # The hash thread trails the writer by one piece of this size: it hashes what
@@ -243,11 +239,12 @@ class SegmentWriter(FileHandle):
         that fit in one segment, at least one; return (seq, record offset,
         header length, payload checksum) for each record written.
 
-        All or nothing: a failure cuts the segment back.  The run goes out in
-        one pwritev.  When its payloads are large, another thread hashes them
-        meanwhile, and the run is written with zeroed headers that are filled
-        in once the checksums are known; until then those bytes are no
-        record, so a crash in between leaves a torn tail that recovery drops.
+        All or nothing: a failure cuts the segment back.  A small run is
+        hashed, then written with one pwritev.  A large one is written with
+        zeroed headers, in pieces that another thread hashes behind the
+        writer, and the headers are filled in once the checksums are known;
+        until then those bytes are no record, so a crash in between leaves a
+        torn tail that recovery drops.
         """
         hlens = [fmt.record_header_len(mb) for mb, _ in items]
         totals = [fmt.align(h + len(p)) for h, (_, p) in zip(hlens, items)]
@@ -267,7 +264,7 @@ class SegmentWriter(FileHandle):
                     write_all(self.fd, [header], pos)
                     pos += total
             else:
-                checks = _hash_all(payloads)
+                checks = [fmt.xxh3(p) for p in payloads]
                 headers = self._headers(kind, items, checks)
                 write_all(self.fd, [b for hp in zip(headers, payloads, pads) for b in hp], offset)
         except BaseException:

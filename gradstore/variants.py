@@ -78,8 +78,7 @@ def variant_meta(key: str, raw_entry, codec, t: Trial) -> dict:
 
 def record_bytes(meta: dict, payload_len: int) -> int:
     """Bytes a record with this meta and payload takes on disk, padding included."""
-    header = fmt.pack_record_header(fmt.KIND_VARIANT, meta, payload_len, 0)
-    return fmt.align(len(header) + payload_len)
+    return fmt.align(fmt.record_header_len(fmt.pack_meta(meta)) + payload_len)
 
 
 @dataclass
