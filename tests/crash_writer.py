@@ -14,7 +14,7 @@ A plan is a JSON-able dict:
     checkpoint_every          if set, overrides namespace.CHECKPOINT_EVERY (forces log rotations)
     checkpoint_on_close       if set, overrides namespace.CHECKPOINT_ON_CLOSE
     hash_piece                if set, every run is written the large-run way (zeroed headers,
-                              payloads in pieces of this size hashed by the trailing thread,
+                              payloads in pieces of this size hashed by the hash thread,
                               then the headers): segment.HASH_PIECE, PARALLEL_HASH = 1
     kill_after                SIGKILL right after this many ops have been committed
     fault                     {"fn", "where", "not_where", "n", "how", "killed_at"}: the n-th

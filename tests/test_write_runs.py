@@ -1,5 +1,6 @@
-"""Records written in runs: one pwritev per run, checksums from the trailing
-hash thread, runs split at segment borders, and a failed run cut back whole."""
+"""Records written in runs: one pwritev per run, checksums from the hash
+thread running ahead of the writer, runs split at segment borders, and a
+failed run cut back whole."""
 from __future__ import annotations
 
 import errno
@@ -70,19 +71,19 @@ def test_short_writes_are_continued_across_buffers(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("piece", [64, 4096, 1 << 20])
-def test_payloads_hashed_in_pieces_by_the_trailing_thread(tmp_path, monkeypatch, piece):
+def test_payloads_hashed_in_pieces_by_the_hash_thread(tmp_path, monkeypatch, piece):
     """Pieces that split payloads, pieces that hold several, empty payloads among them."""
     monkeypatch.setattr(segment, "HASH_PIECE", piece)
     monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
     hashed = []
-    real = segment._hash_pieces
-    monkeypatch.setattr(segment, "_hash_pieces", lambda q, n: hashed.append(n) or real(q, n))
+    real = segment._hash_ahead
+    monkeypatch.setattr(segment, "_hash_ahead", lambda p, s, w, h: hashed.append(len(s)) or real(p, s, w, h))
     tensors = bucket(12, [0, 1, 15, 1000, 12345, 70000])
     path = tmp_path / "s.gs"
     with gradstore.open(path, "w") as gs:
         gs.write_bucket("R_0_E_0_S_0_B_0", tensors)
         gs.write("alone", np.arange(50000, dtype=np.int16))
-    assert hashed == [12, 1]  # both went the trailing-hash way
+    assert hashed == [12, 1]  # both went the hash thread's way
     expected = {f"R_0_E_0_S_0_B_0/{m}": a for m, a in tensors.items()}
     expected["alone"] = np.arange(50000, dtype=np.int16)
     check_store(path, expected)
@@ -109,7 +110,7 @@ def test_a_bucket_larger_than_a_segment_is_split_at_segment_borders(tmp_path):
 def test_a_failed_run_is_cut_back_whole(tmp_path, monkeypatch, big, fail_at):
     """Disk full in the middle of a bucket: none of it is stored, and the store goes on.
 
-    A small run is one pwritev; a big one (hashed by the trailing thread) is
+    A small run is one pwritev; a big one (hashed by the hash thread) is
     several, and the third fails after two pieces landed.
     """
     path = tmp_path / "s.gs"
@@ -158,3 +159,110 @@ def test_a_failed_log_write_cuts_the_run_back(tmp_path, monkeypatch):
         assert segment_sizes(path) == before
         assert gs.keys() == ["a"]
     check_store(path, {"a": np.ones(10, np.float32)})
+
+
+def test_the_hash_thread_runs_one_piece_ahead_of_the_writer(tmp_path, monkeypatch):
+    """Piece k is written only once it is hashed, and piece k + 2 is hashed only
+    once piece k is written: the hash reads memory, the write reads the cache."""
+    monkeypatch.setattr(segment, "HASH_PIECE", 4096)
+    monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
+    events: list[str] = []  # list.append is atomic: the order is the order things happened
+
+    class Logged:
+        def __init__(self, q, name):
+            self.q, self.name = q, name
+
+        def get(self):
+            v = self.q.get()
+            events.append(f"{self.name}.get")
+            return v
+
+        def put(self, v):
+            events.append(f"{self.name}.put")
+            self.q.put(v)
+
+    real_hash = segment._hash_ahead
+    monkeypatch.setattr(segment, "_hash_ahead", lambda p, s, w, h: real_hash(p, s, Logged(w, "written"),
+                                                                             Logged(h, "hashed")))
+    real_write = os.pwritev
+
+    def pwritev(fd, buffers, offset):
+        events.append("write")
+        n = real_write(fd, buffers, offset)
+        events.append("written")
+        return n
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    tensors = bucket(5, [7000, 300])
+    with gradstore.open(tmp_path / "s.gs", "w") as gs:
+        gs.write("first", np.zeros(1))  # starts the segment (a write of its header)
+        events.clear()
+        gs.write_bucket("R_0_E_0_S_0_B_0", tensors)
+    monkeypatch.setattr(os, "pwritev", real_write)
+    pieces = events.count("hashed.put") + 1  # the writer hashes the first piece itself
+    assert pieces >= 8
+    writes = hashes = 0
+    for ev in events:  # piece k goes out once k + 1 pieces are hashed
+        if ev == "hashed.put":
+            hashes += 1
+        elif ev == "write" and writes < pieces:  # after the pieces come the headers
+            assert hashes + 1 >= writes + 1, events
+            writes += 1
+    gets = done = 0
+    for ev in events:  # piece j is hashed once j - 1 - HASH_AHEAD pieces are written
+        if ev == "written":
+            done += 1
+        elif ev == "written.get":
+            assert done >= gets + 1 - segment.HASH_AHEAD, events
+            gets += 1
+    assert gets == pieces - 1
+    expected = {f"R_0_E_0_S_0_B_0/{m}": a for m, a in tensors.items()}
+    check_store(tmp_path / "s.gs", dict(expected, first=np.zeros(1)))
+
+
+def test_a_failing_hash_thread_fails_the_run_without_hanging(tmp_path, monkeypatch):
+    path = tmp_path / "s.gs"
+    monkeypatch.setattr(segment, "HASH_PIECE", 4096)
+    monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
+    real = segment.xxhash.xxh3_64
+    updates = []
+
+    class Failing:
+        def __init__(self):
+            self.state = real()
+
+        def update(self, view):
+            updates.append(len(view))
+            if len(updates) == 4:
+                raise MemoryError("hash state lost")
+            self.state.update(view)
+
+        def intdigest(self):
+            return self.state.intdigest()
+
+    with gradstore.open(path, "w") as gs:
+        gs.write("a", np.ones(10, np.float32))
+        before = segment_sizes(path)
+        monkeypatch.setattr(segment.xxhash, "xxh3_64", Failing)
+        outcome: list = []
+
+        def attempt():
+            try:
+                gs.write_bucket("R_0_E_0_S_0_B_0", bucket(6, [5000]))
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                outcome.append(exc)
+
+        import threading
+
+        t = threading.Thread(target=attempt, daemon=True)
+        t.start()
+        t.join(20)
+        assert not t.is_alive(), "the writer waits forever for a piece the hash thread never hashes"
+        monkeypatch.setattr(segment.xxhash, "xxh3_64", real)
+        assert len(outcome) == 1 and isinstance(outcome[0], MemoryError)
+        assert segment_sizes(path) == before
+        assert gs.keys() == ["a"]
+        tensors = bucket(6, [5000], seed=1)
+        gs.write_bucket("R_0_E_0_S_1_B_0", tensors)  # the hash thread is free again
+    expected = {"a": np.ones(10, np.float32), **{f"R_0_E_0_S_1_B_0/{m}": a for m, a in tensors.items()}}
+    check_store(path, expected)
