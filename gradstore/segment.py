@@ -78,8 +78,8 @@ def _advance(views: list, n: int) -> None:
 
 
 def pwrite_views(fd: int, views: list, size: int, offset: int) -> None:
-    """write_all for byte views (memoryviews of format "B") of ``size`` bytes in
-    all, positional: one pwritev in the usual case, with nothing to convert."""
+    """write_all for ``size`` bytes of bytes objects and 1-d byte memoryviews,
+    positional: one pwritev in the usual case, with nothing to convert."""
     n = os.pwritev(fd, views, offset) if len(views) <= _IOV_MAX else 0
     if n < size:
         views = list(views)
@@ -307,7 +307,7 @@ class SegmentWriter(FileHandle):
             else:
                 checks = [fmt.xxh3(p) for p in payloads]
                 headers = self._headers(kind, items, checks)
-                write_all(self.fd, [b for hp in zip(headers, payloads, pads) for b in hp], offset)
+                pwrite_views(self.fd, [b for hp in zip(headers, payloads, pads) for b in hp], end - offset, offset)
         except BaseException:
             # A failed write (disk full, signal) must not leave half a record.
             self.rollback(offset)
