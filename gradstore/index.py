@@ -130,7 +130,8 @@ class Index:
         # The hot path reads through memoryviews and struct, which return Python
         # ints without numpy's per-scalar overhead.
         self._rows_mv = memoryview(self._rows.view(np.uint8))
-        self._dir_mv = memoryview(np.zeros(2, np.uint32))
+        self._dir_mv = memoryview(np.zeros(2, np.uint32))  # -> byte offset of a row in _rows
+        self._sentinel = 0                           # byte offset of the sentinel row
         self._order_mv = memoryview(self._order)
         self._shift = 64
         self._extra: dict[int, dict] = {}            # snapshot row number -> variant facts
@@ -150,23 +151,23 @@ class Index:
         """(row, payload start, payload end, seq, form) of the base row of an
         entry id (UTF-8), or None."""
         h = _xxh3(want)
-        row = self._dir_mv[h >> self._shift]  # the first row whose hash has h's top bits
+        pos = self._dir_mv[h >> self._shift]  # the first row whose hash has h's top bits
         rows = self._rows_mv
         while True:
-            rh, start, end, kstart, klen, seq, form = _probe(rows, row << 6)
+            rh, start, end, kstart, klen, seq, form = _probe(rows, pos)
             if rh == h:
-                if row == self._n:
-                    return None  # the sentinel
+                if pos == self._sentinel:
+                    return None
                 f = self._built[form] or self._forms.build(form)
                 if f[0] == kind:
                     got = self._blob[kstart:kstart + klen]
                     if kind == _VARIANT:
-                        got += b"\0" + self._extra[self._order_mv[row]]["codec"].encode("utf-8")
+                        got += b"\0" + self._extra[self._order_mv[pos >> 6]]["codec"].encode("utf-8")
                     if got == want:
-                        return row, start, end, seq, f
+                        return pos >> 6, start, end, seq, f
             elif rh > h:
                 return None
-            row += 1
+            pos += 64
 
     def entry_at(self, row: int) -> Entry:
         _, start, end, kstart, check, t, klen, seq, form, hlen = _ROW.unpack_from(self._rows_mv, row << 6)
@@ -193,22 +194,23 @@ class Index:
         if e is not None:
             start = e.offset + e.header_len
             return e.seq, start, start + e.payload_len, dtypes.to_numpy(e.dtype), e.shape
-        if not self._n:
-            return None
-        # _find, inlined: this is the hot path of a get.
-        want = key.encode("utf-8")
+        # _find, inlined: this is the hot path of a get.  An empty base needs
+        # no test of its own: its directory leads to the sentinel.
+        want = key.encode()
         h = _xxh3(want)
-        row = self._dir_mv[h >> self._shift]
+        pos = self._dir_mv[h >> self._shift]
         while True:
-            rh, start, end, kstart, klen, seq, form = _probe(self._rows_mv, row << 6)
+            rh, start, end, kstart, klen, seq, form = _probe(self._rows_mv, pos)
             if rh == h:
-                if self._blob[kstart:kstart + klen] == want and row != self._n:
+                if pos == self._sentinel:
+                    return None
+                if self._blob[kstart:kstart + klen] == want:
                     f = self._built[form] or self._forms.build(form)
                     if f[0] == _TENSOR:
                         return seq, start, end, f[1], f[2]
             elif rh > h:
                 return None
-            row += 1
+            pos += 64
 
     def _base(self, field: str) -> np.ndarray:
         return self._rows[field][:self._n]
@@ -362,14 +364,17 @@ class Index:
         idx._rows_mv = memoryview(rows.view(np.uint8))
         idx._order_mv = memoryview(order).cast("B").cast("I")
         idx._extra = {int(k): v for k, v in body["extra"].items()}
-        # directory[b] = the first row whose hash's top bits are >= b.  With
-        # 2-4 slots per row, a key's row is the first one tried 80-90% of the time.
+        # directory[b] = where the first row whose hash's top bits are >= b
+        # starts (its byte offset).  With 2-4 slots per row, a key's row is the
+        # first one tried 80-90% of the time.
         bits = min(n.bit_length() + 1, 32)
         idx._shift = 64 - bits
         counts = np.bincount((hashes >> np.uint64(idx._shift)).astype(np.intp), minlength=1 << bits)
-        directory = np.zeros((1 << bits) + 1, np.uint32)
+        directory = np.zeros((1 << bits) + 1, np.uint32 if (n << 6) < 2**32 else np.uint64)
         np.cumsum(counts, out=directory[1:])
+        directory <<= 6
         idx._dir_mv = memoryview(directory)
+        idx._sentinel = n << 6
         kinds = forms.kind[form_of]
         for k in _KINDS:
             idx._count[k] = int(np.count_nonzero(kinds == k))

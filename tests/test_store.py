@@ -402,6 +402,34 @@ def test_snapshot_lookup_at_scale_finds_every_key_and_no_other(tmp_path):
                 gs[missing]
 
 
+def test_snapshot_lookup_with_colliding_hashes_and_the_largest_hash(tmp_path, monkeypatch):
+    """Keys whose 64-bit hashes collide are told apart by their bytes, and a key
+    that hashes to 2**64 - 1 (the sentinel's hash) is simply not there."""
+    from gradstore import index
+
+    real = index._xxh3
+    fixed = {b"a/one": 2**63, b"a/two": 2**63, b"a/three": 2**63 + 1, b"last": 2**64 - 1}
+    monkeypatch.setattr(index, "_xxh3", lambda b: fixed.get(bytes(b), real(b)))
+    monkeypatch.setattr(index.fmt, "xxh3", lambda b: fixed.get(bytes(b), real(b)))
+    path = tmp_path / "s.gs"
+    with gradstore.open(path, "w") as gs:
+        for i, key in enumerate(("a/one", "a/two", "a/three", "b")):
+            gs.write(key, np.full(3, i, np.int16))
+    gradstore.repair(path)  # the index now comes from the snapshot, sorted by those hashes
+    with gradstore.open(path) as gs:
+        assert gs._namespaces["main"].index._n == 4
+        for i, key in enumerate(("a/one", "a/two", "a/three", "b")):
+            assert gs[key].tolist() == [i] * 3 and gs.entry(key).key == key
+        for missing in ("last", "a/four"):
+            assert missing not in gs
+            with pytest.raises(KeyError, match=missing):
+                gs[missing]
+    with gradstore.open(tmp_path / "empty.gs", "w") as gs:  # no base rows: the directory leads to the sentinel
+        assert "last" not in gs
+        with pytest.raises(KeyError):
+            gs["last"]
+
+
 def test_golden_store_reads_and_writes_the_same_bytes(tmp_path):
     """tests/golden/v1.gs was written by format version 1.
 
