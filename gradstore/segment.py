@@ -148,16 +148,19 @@ def _pieces(hlens: list[int], payloads: list, pads: list):
         yield bufs, batch, size
 
 
-def _hash_ahead(pieces: list, states: list, written: queue.SimpleQueue, hashed: queue.SimpleQueue) -> None:
-    """The hash thread: hash each piece into ``states`` once ``written``
-    allows it (True), then tell the writer through ``hashed``; stop early on False."""
+def _hash_ahead(pieces, states: list, written: queue.SimpleQueue, hashed: queue.SimpleQueue) -> None:
+    """The hash thread: cut the next piece from ``pieces``, hash it into
+    ``states`` once ``written`` allows it (True) and hand it to the writer
+    through ``hashed``; None when all are handed over.  Stops early on False;
+    hands over False if it fails."""
     try:
-        for _, batch, _ in pieces:
+        for piece in pieces:
             if not written.get():
                 break  # the writer failed
-            for i, view in batch:
+            for i, view in piece[1]:
                 states[i].update(view)
-            hashed.put(True)
+            hashed.put(piece)
+        hashed.put(None)
     except BaseException:
         hashed.put(False)  # the writer must not wait for a piece that never comes
         raise
@@ -166,26 +169,28 @@ def _hash_ahead(pieces: list, states: list, written: queue.SimpleQueue, hashed: 
 def _write_hashing(fd: int, offset: int, hlens: list[int], payloads: list, pads: list) -> list[int]:
     """Write a run with zeroed headers; return its payloads' checksums.
 
-    The first piece is hashed here, while the hash thread wakes up; the
-    thread hashes the others.  Piece k is written once it is hashed, and
-    piece k + 1 + HASH_AHEAD is hashed once piece k is written.
+    The first piece is cut and hashed here, while the hash thread wakes up;
+    the thread cuts and hashes the others, so the writer only writes.  Piece
+    k is written once it is hashed, and piece k + 1 + HASH_AHEAD is hashed
+    once piece k is written.
     """
-    pieces = list(_pieces(hlens, payloads, pads))
+    pieces = _pieces(hlens, payloads, pads)
     states = [xxhash.xxh3_64() for _ in payloads]
-    for i, view in pieces[0][1]:
+    piece = next(pieces)
+    for i, view in piece[1]:
         states[i].update(view)
     written: queue.SimpleQueue = queue.SimpleQueue()
     hashed: queue.SimpleQueue = queue.SimpleQueue()
     for _ in range(HASH_AHEAD):
         written.put(True)
-    hashing = _hasher().submit(_hash_ahead, pieces[1:], states, written, hashed)
+    hashing = _hasher().submit(_hash_ahead, pieces, states, written, hashed)
     try:
-        for k, (bufs, _, size) in enumerate(pieces):
-            if k and not hashed.get():
-                break  # the hash thread failed: result() raises its error
+        while piece:  # None: all written; False: the hash thread failed, result() raises
+            bufs, _, size = piece
             pwrite_views(fd, bufs, size, offset)
             offset += size
             written.put(True)
+            piece = hashed.get()
     finally:
         written.put(False)  # stop the thread if it still waits to hash a piece
         hashing.result()  # never return while the thread reads a payload

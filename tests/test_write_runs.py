@@ -178,7 +178,7 @@ def test_the_hash_thread_runs_one_piece_ahead_of_the_writer(tmp_path, monkeypatc
             return v
 
         def put(self, v):
-            events.append(f"{self.name}.put")
+            events.append(f"{self.name}.put" if v else f"{self.name}.end")
             self.q.put(v)
 
     real_hash = segment._hash_ahead
