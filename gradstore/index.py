@@ -190,10 +190,11 @@ class Index:
         What a zero-copy get needs and no more: no Entry is built, which
         for a snapshot row is most of a lookup's cost.
         """
-        e = self._tensors.get(key)
-        if e is not None:
-            start = e.offset + e.header_len
-            return e.seq, start, start + e.payload_len, dtypes.to_numpy(e.dtype), e.shape
+        if self._tensors:  # entries since the snapshot (none in a store opened to read it)
+            e = self._tensors.get(key)
+            if e is not None:
+                start = e.offset + e.header_len
+                return e.seq, start, start + e.payload_len, dtypes.to_numpy(e.dtype), e.shape
         # _find, inlined: this is the hot path of a get.  An empty base needs
         # no test of its own: its directory leads to the sentinel.
         want = key.encode()
