@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import format as fmt
 from .errors import FormatError
-from .segment import FileHandle, fsync_dir, write_all
+from .fileio import FileHandle, fsync_dir, write_all
 
 SNAPSHOT = "index.snap"
 _LOG_RE = re.compile(r"index-([0-9]{6,})\.log")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import format as fmt
 from .errors import FormatError
-from .segment import fsync_dir
+from .fileio import fsync_dir
 
 NAMESPACE_RE = re.compile(r"main|r(0|[1-9][0-9]*)")
 DEFAULT_SEGMENT_SIZE = 1 << 30  # 1 GiB: large sequential files, cheap to compact

@@ -17,7 +17,8 @@ from .errors import FormatError, LockedError
 from .index import Entry, Index
 from .log import (LogFollower, LogWriter, SNAPSHOT, create_log, list_logs, log_name,
                   read_snapshot, write_snapshot)
-from .segment import SegmentMaps, SegmentWriter, fsync_dir, list_segments, scan, segment_name
+from .fileio import fsync_dir
+from .segment import SegmentMaps, SegmentWriter, list_segments, scan, segment_name
 
 STREAMS = (fmt.STREAM_DATA, fmt.STREAM_VAR)
 CHECKPOINT_EVERY = 65536   # log entries between automatic snapshots (at least)

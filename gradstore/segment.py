@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import mmap
 import os
-import queue
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import xxhash
-
 from . import format as fmt
+from . import hashrun
 from .errors import FormatError
+from .fileio import FileHandle, fsync_dir, pwrite_views, reserve_space, write_all
 
 _SEG_RE = re.compile(r"(data|var)-([0-9]{6,})\.bin")
 _STREAM_BY_NAME = {v: k for k, v in fmt.STREAM_NAMES.items()}
@@ -32,194 +30,10 @@ def list_segments(ns_dir: Path, stream: int) -> list[int]:
     return sorted(out)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-try:
-    _IOV_MAX = os.sysconf("SC_IOV_MAX")
-except (AttributeError, ValueError, OSError):
-    _IOV_MAX = 1024
-if _IOV_MAX <= 0:
-    _IOV_MAX = 1024
-
-
-def write_all(fd: int, buffers: list, offset: int | None = None) -> None:
-    """Write every buffer, looping because the kernel may write less per call.
-
-    With ``offset`` the write is positional (pwritev) and the file position is
-    left alone; without, it appends at the file position (writev).  Any
-    number of buffers: a call takes at most IOV_MAX of them.
-    """
-    views = [memoryview(b).cast("B") for b in buffers if len(b)]
-    while views:
-        batch = views[:_IOV_MAX]
-        if offset is None:
-            n = os.writev(fd, batch)
-        else:
-            n = os.pwritev(fd, batch, offset)
-            offset += n
-        _advance(views, n)
-
-
-def _advance(views: list, n: int) -> None:
-    """Drop the first ``n`` bytes of a list of byte views: what a write took."""
-    done = 0
-    while done < len(views) and n >= len(views[done]):
-        n -= len(views[done])
-        done += 1
-    del views[:done]
-    if views and n:
-        views[0] = views[0][n:]
-
-
-def pwrite_views(fd: int, views: list, size: int, offset: int) -> None:
-    """write_all for ``size`` bytes of bytes objects and 1-d byte memoryviews,
-    positional: one pwritev in the usual case, with nothing to convert."""
-    n = os.pwritev(fd, views, offset) if len(views) <= _IOV_MAX else 0
-    if n < size:
-        views = list(views)
-        _advance(views, n)
-        write_all(fd, views, offset + n)
-
-
-# A run with at least this many payload bytes is hashed by a second thread
-# while this one writes it (_write_hashing): xxhash and pwritev both release
-# the GIL, so the hash costs little when a core is free.  Below this size the
-# hand-off costs more than the hash.
-PARALLEL_HASH = 1 << 20
-_hash_pool: ThreadPoolExecutor | None = None
-
-
-def _hasher() -> ThreadPoolExecutor:
-    global _hash_pool
-    if _hash_pool is None:
-        _hash_pool = ThreadPoolExecutor(1, thread_name_prefix="gradstore-hash")
-    return _hash_pool
-
-
-def _forget_hasher() -> None:
-    """A forked child has no copy of the thread: it must start its own."""
-    global _hash_pool
-    _hash_pool = None
-
-
-os.register_at_fork(after_in_child=_forget_hasher)
-
-
-# The hash thread runs ahead of the writer by at most HASH_AHEAD pieces of
-# HASH_PIECE bytes: it reads a piece from memory, and pwritev then copies it
-# out of the shared cache.  Each byte is read from memory once, as by a plain
-# write, and the checksums are ready as soon as the last piece is written.
-# (Hashing behind the writer measured 9% slower: the writer then waits for
-# memory and, at the end of every run, for the hash of the last piece.)
-# 1 MiB pieces, one ahead, measured best of 512 KiB-4 MiB and 0-2 ahead.
-HASH_PIECE = 1 << 20
-HASH_FIRST = 64 << 10
-HASH_AHEAD = 1
-
-
-def _pieces(hlens: list[int], payloads: list, pads: list):
-    """The run in file order (header places, payloads, pads), cut into pieces:
-    (buffers, [(payload index, view)] to hash, byte count).  The first
-    piece is short (the writer hashes it while the hash thread wakes up),
-    and each next one is twice the one before, up to HASH_PIECE bytes: the
-    hash, faster than the write, stays a piece ahead."""
-    bufs: list = []
-    batch: list = []
-    size, room = 0, min(HASH_FIRST, HASH_PIECE)
-    for i, (hlen, payload, pad) in enumerate(zip(hlens, payloads, pads)):
-        for buf, j in ((_zeros(hlen), -1), (payload, i), (pad, -1)):
-            view = memoryview(buf).cast("B")
-            while len(view):
-                part, view = view[:room - size], view[room - size:]
-                bufs.append(part)
-                if j >= 0:
-                    batch.append((j, part))
-                size += len(part)
-                if size == room:
-                    yield bufs, batch, size
-                    bufs, batch, size, room = [], [], 0, min(2 * room, HASH_PIECE)
-    if bufs:
-        yield bufs, batch, size
-
-
-def _hash_ahead(pieces, states: list, written: queue.SimpleQueue, hashed: queue.SimpleQueue) -> None:
-    """The hash thread: cut the next piece from ``pieces``, hash it into
-    ``states`` once ``written`` allows it (True) and hand it to the writer
-    through ``hashed``; None when all are handed over.  Stops early on False;
-    hands over False if it fails."""
-    try:
-        for piece in pieces:
-            if not written.get():
-                break  # the writer failed
-            for i, view in piece[1]:
-                states[i].update(view)
-            hashed.put(piece)
-        hashed.put(None)
-    except BaseException:
-        hashed.put(False)  # the writer must not wait for a piece that never comes
-        raise
-
-
-def _write_hashing(fd: int, offset: int, hlens: list[int], payloads: list, pads: list) -> list[int]:
-    """Write a run with zeroed headers; return its payloads' checksums.
-
-    The first piece is cut and hashed here, while the hash thread wakes up;
-    the thread cuts and hashes the others, so the writer only writes.  Piece
-    k is written once it is hashed, and piece k + 1 + HASH_AHEAD is hashed
-    once piece k is written.
-    """
-    pieces = _pieces(hlens, payloads, pads)
-    states = [xxhash.xxh3_64() for _ in payloads]
-    piece = next(pieces)
-    for i, view in piece[1]:
-        states[i].update(view)
-    written: queue.SimpleQueue = queue.SimpleQueue()
-    hashed: queue.SimpleQueue = queue.SimpleQueue()
-    for _ in range(HASH_AHEAD):
-        written.put(True)
-    hashing = _hasher().submit(_hash_ahead, pieces, states, written, hashed)
-    try:
-        while piece:  # None: all written; False: the hash thread failed, result() raises
-            bufs, _, size = piece
-            pwrite_views(fd, bufs, size, offset)
-            offset += size
-            written.put(True)
-            piece = hashed.get()
-    finally:
-        written.put(False)  # stop the thread if it still waits to hash a piece
-        hashing.result()  # never return while the thread reads a payload
-    return [s.intdigest() for s in states]
-
-
-_ZEROS = bytes(4096)
-
-
-def _zeros(n: int):
-    """n zero bytes: padding, or a header's place until it is written."""
-    return memoryview(_ZEROS)[:n] if n <= len(_ZEROS) else bytes(n)
-
-
-class FileHandle:
-    """An open file descriptor; for writers, whether it needs an fsync."""
-
-    fd: int | None = None
-    dirty = False
-
-    def sync(self) -> None:
-        if self.fd is not None and self.dirty:
-            os.fsync(self.fd)
-            self.dirty = False
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+# A writer has the disk space for the next ALLOCATE_AHEAD bytes of its segment
+# allocated ahead of its appends (fileio.reserve_space), within the segment
+# size; it gives back what it did not use when it leaves the segment.
+ALLOCATE_AHEAD = 64 << 20
 
 
 class SegmentWriter(FileHandle):
@@ -234,6 +48,34 @@ class SegmentWriter(FileHandle):
         self.seq = -1
         self.size = 0
         self.dirty = False
+        self.allocated = 0       # disk space is allocated up to here (>= size while it works)
+        self.allocating = True   # False once the file system said no
+
+    def _allocate_ahead(self, end: int) -> None:
+        """Have the disk space for the segment's bytes up to ``end`` allocated."""
+        if end <= self.allocated or not self.allocating:
+            return
+        start = max(self.allocated, self.size)
+        stop = max(end, min(self.size + ALLOCATE_AHEAD, self.segment_size))
+        if reserve_space(self.fd, start, stop - start):
+            self.allocated = stop
+        else:
+            self.allocating = False
+
+    def _give_back(self) -> None:
+        """Free the space allocated past the segment's end (a cut to its own size does)."""
+        if self.allocated > self.size:
+            os.ftruncate(self.fd, self.size)
+        self.allocated = self.size
+
+    def close(self) -> None:
+        try:
+            if self.fd is not None:
+                self._give_back()
+        except OSError:
+            pass  # the space stays allocated past the end; the next writer's resume frees it
+        finally:
+            super().close()
 
     def resume(self, seq: int, size: int) -> None:
         """Continue appending to segment ``seq`` whose valid bytes end at ``size``."""
@@ -243,9 +85,10 @@ class SegmentWriter(FileHandle):
         self.rollback(size)
 
     def rollback(self, size: int) -> None:
-        """Cut the segment back to ``size`` bytes and append from there."""
+        """Cut the segment back to ``size`` bytes and append from there
+        (this also frees the space allocated past them)."""
         os.ftruncate(self.fd, size)
-        self.size = size
+        self.size = self.allocated = size
 
     def _start(self, seq: int) -> None:
         path = self.dir / segment_name(self.stream, seq)
@@ -260,10 +103,12 @@ class SegmentWriter(FileHandle):
             path.unlink(missing_ok=True)
             raise
         if self.fd is not None:
+            self._give_back()
             if self.fsync or self.dirty:
                 os.fsync(self.fd)
             os.close(self.fd)
         self.fd, self.seq, self.size = fd, seq, fmt.SEG_HEADER_SIZE
+        self.allocated, self.allocating = self.size, True
         self.dirty = False
 
     def _reserve(self, total: int) -> int:
@@ -300,10 +145,11 @@ class SegmentWriter(FileHandle):
             end += totals[k]
             k += 1
         payloads = [p for _, p in items[:k]]
-        pads = [_zeros(t - h - len(p)) for t, h, p in zip(totals, hlens, payloads)]
+        pads = [hashrun.zeros(t - h - len(p)) for t, h, p in zip(totals, hlens, payloads)]
         try:
-            if sum(len(p) for p in payloads) >= PARALLEL_HASH:
-                checks = _write_hashing(self.fd, offset, hlens, payloads, pads)
+            self._allocate_ahead(end)
+            if sum(len(p) for p in payloads) >= hashrun.PARALLEL_HASH:
+                checks = hashrun.write_hashed(self.fd, offset, hlens, payloads, pads)
                 headers = self._headers(kind, items, checks)
                 pos = offset
                 for header, total in zip(headers, totals):
@@ -333,6 +179,7 @@ class SegmentWriter(FileHandle):
         total = len(record)
         offset = self._reserve(total)
         try:
+            self._allocate_ahead(offset + total)
             write_all(self.fd, [record], offset)
         except BaseException:
             self.rollback(offset)

@@ -15,7 +15,7 @@ A plan is a JSON-able dict:
     checkpoint_on_close       if set, overrides namespace.CHECKPOINT_ON_CLOSE
     hash_piece                if set, every run is written the large-run way (zeroed headers,
                               payloads in pieces of this size hashed by the hash thread,
-                              then the headers): segment.HASH_PIECE, PARALLEL_HASH = 1
+                              then the headers): hashrun.HASH_PIECE, PARALLEL_HASH = 1
     kill_after                SIGKILL right after this many ops have been committed
     fault                     {"fn", "where", "not_where", "n", "how", "killed_at"}: the n-th
                               call of os.<fn> (or of any of "fn1|fn2") made with every function
@@ -302,8 +302,8 @@ def run(plan: dict) -> None:
     if plan.get("checkpoint_on_close") is not None:
         namespace.CHECKPOINT_ON_CLOSE = plan["checkpoint_on_close"]
     if plan.get("hash_piece") is not None:
-        from gradstore import segment
-        segment.HASH_PIECE, segment.PARALLEL_HASH = plan["hash_piece"], 1
+        from gradstore import hashrun
+        hashrun.HASH_PIECE, hashrun.PARALLEL_HASH = plan["hash_piece"], 1
     ops = plan.get("ops") or make_ops(plan["seed"], plan["n_ops"], plan.get("rank"))
     kill_after = plan.get("kill_after")
     hooks = Hooks(plan)

@@ -11,7 +11,7 @@ import pytest
 
 import gradstore
 from gradstore import format as fmt
-from gradstore import segment
+from gradstore import fileio, hashrun
 
 
 def bucket(n: int, sizes, seed: int = 0) -> dict[str, np.ndarray]:
@@ -37,7 +37,7 @@ def segment_sizes(path) -> dict[str, int]:
 
 
 def test_a_bucket_of_more_buffers_than_one_call_takes(tmp_path, monkeypatch):
-    monkeypatch.setattr(segment, "_IOV_MAX", 7)
+    monkeypatch.setattr(fileio, "_IOV_MAX", 7)
     widths = []
     real = os.pwritev
 
@@ -61,8 +61,8 @@ def test_short_writes_are_continued_across_buffers(tmp_path, monkeypatch):
         return real(fd, [first], offset)
 
     tensors = bucket(9, [5, 100, 3000])
-    monkeypatch.setattr(segment, "HASH_PIECE", 4096)
-    monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
+    monkeypatch.setattr(hashrun, "HASH_PIECE", 4096)
+    monkeypatch.setattr(hashrun, "PARALLEL_HASH", 1)
     monkeypatch.setattr(os, "pwritev", short)
     with gradstore.open(tmp_path / "s.gs", "w") as gs:
         gs.write_bucket("B", tensors)
@@ -73,11 +73,11 @@ def test_short_writes_are_continued_across_buffers(tmp_path, monkeypatch):
 @pytest.mark.parametrize("piece", [64, 4096, 1 << 20])
 def test_payloads_hashed_in_pieces_by_the_hash_thread(tmp_path, monkeypatch, piece):
     """Pieces that split payloads, pieces that hold several, empty payloads among them."""
-    monkeypatch.setattr(segment, "HASH_PIECE", piece)
-    monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
+    monkeypatch.setattr(hashrun, "HASH_PIECE", piece)
+    monkeypatch.setattr(hashrun, "PARALLEL_HASH", 1)
     hashed = []
-    real = segment._hash_ahead
-    monkeypatch.setattr(segment, "_hash_ahead", lambda p, s, w, h: hashed.append(len(s)) or real(p, s, w, h))
+    real = hashrun._hash_ahead
+    monkeypatch.setattr(hashrun, "_hash_ahead", lambda p, s, w, h: hashed.append(len(s)) or real(p, s, w, h))
     tensors = bucket(12, [0, 1, 15, 1000, 12345, 70000])
     path = tmp_path / "s.gs"
     with gradstore.open(path, "w") as gs:
@@ -119,8 +119,8 @@ def test_a_failed_run_is_cut_back_whole(tmp_path, monkeypatch, big, fail_at):
         gs.write("R_0_E_0_S_0_B_0/w", first["R_0_E_0_S_0_B_0/w"])
         before = segment_sizes(path)
         if big:
-            monkeypatch.setattr(segment, "HASH_PIECE", 8192)
-            monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
+            monkeypatch.setattr(hashrun, "HASH_PIECE", 8192)
+            monkeypatch.setattr(hashrun, "PARALLEL_HASH", 1)
         real, calls = os.pwritev, []
 
         def failing(fd, buffers, offset):
@@ -164,8 +164,8 @@ def test_a_failed_log_write_cuts_the_run_back(tmp_path, monkeypatch):
 def test_the_hash_thread_runs_one_piece_ahead_of_the_writer(tmp_path, monkeypatch):
     """Piece k is written only once it is hashed, and piece k + 2 is hashed only
     once piece k is written: the hash reads memory, the write reads the cache."""
-    monkeypatch.setattr(segment, "HASH_PIECE", 4096)
-    monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
+    monkeypatch.setattr(hashrun, "HASH_PIECE", 4096)
+    monkeypatch.setattr(hashrun, "PARALLEL_HASH", 1)
     events: list[str] = []  # list.append is atomic: the order is the order things happened
 
     class Logged:
@@ -181,8 +181,8 @@ def test_the_hash_thread_runs_one_piece_ahead_of_the_writer(tmp_path, monkeypatc
             events.append(f"{self.name}.put" if v else f"{self.name}.end")
             self.q.put(v)
 
-    real_hash = segment._hash_ahead
-    monkeypatch.setattr(segment, "_hash_ahead", lambda p, s, w, h: real_hash(p, s, Logged(w, "written"),
+    real_hash = hashrun._hash_ahead
+    monkeypatch.setattr(hashrun, "_hash_ahead", lambda p, s, w, h: real_hash(p, s, Logged(w, "written"),
                                                                              Logged(h, "hashed")))
     real_write = os.pwritev
 
@@ -213,7 +213,7 @@ def test_the_hash_thread_runs_one_piece_ahead_of_the_writer(tmp_path, monkeypatc
         if ev == "written":
             done += 1
         elif ev == "written.get":
-            assert done >= gets + 1 - segment.HASH_AHEAD, events
+            assert done >= gets + 1 - hashrun.HASH_AHEAD, events
             gets += 1
     assert gets == pieces - 1
     expected = {f"R_0_E_0_S_0_B_0/{m}": a for m, a in tensors.items()}
@@ -222,9 +222,9 @@ def test_the_hash_thread_runs_one_piece_ahead_of_the_writer(tmp_path, monkeypatc
 
 def test_a_failing_hash_thread_fails_the_run_without_hanging(tmp_path, monkeypatch):
     path = tmp_path / "s.gs"
-    monkeypatch.setattr(segment, "HASH_PIECE", 4096)
-    monkeypatch.setattr(segment, "PARALLEL_HASH", 1)
-    real = segment.xxhash.xxh3_64
+    monkeypatch.setattr(hashrun, "HASH_PIECE", 4096)
+    monkeypatch.setattr(hashrun, "PARALLEL_HASH", 1)
+    real = hashrun.xxhash.xxh3_64
     updates = []
 
     class Failing:
@@ -243,7 +243,7 @@ def test_a_failing_hash_thread_fails_the_run_without_hanging(tmp_path, monkeypat
     with gradstore.open(path, "w") as gs:
         gs.write("a", np.ones(10, np.float32))
         before = segment_sizes(path)
-        monkeypatch.setattr(segment.xxhash, "xxh3_64", Failing)
+        monkeypatch.setattr(hashrun.xxhash, "xxh3_64", Failing)
         outcome: list = []
 
         def attempt():
@@ -258,7 +258,7 @@ def test_a_failing_hash_thread_fails_the_run_without_hanging(tmp_path, monkeypat
         t.start()
         t.join(20)
         assert not t.is_alive(), "the writer waits forever for a piece the hash thread never hashes"
-        monkeypatch.setattr(segment.xxhash, "xxh3_64", real)
+        monkeypatch.setattr(hashrun.xxhash, "xxh3_64", real)
         assert len(outcome) == 1 and isinstance(outcome[0], MemoryError)
         assert segment_sizes(path) == before
         assert gs.keys() == ["a"]

@@ -51,7 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gradstore  # noqa: E402
 from gradstore import dtypes  # noqa: E402
-from gradstore.segment import fsync_dir  # noqa: E402
+from gradstore.fileio import fsync_dir  # noqa: E402
 from gradstore.synth import ModelShape, ddp_buckets, gradient  # noqa: E402
 
 BUCKET_BYTES = 25 << 20
