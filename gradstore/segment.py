@@ -10,7 +10,7 @@ from pathlib import Path
 from . import format as fmt
 from . import hashrun
 from .errors import FormatError
-from .fileio import FileHandle, fsync_dir, pwrite_views, reserve_space, write_all
+from .fileio import FileHandle, fsync_dir, pwrite_views, write_all
 
 _SEG_RE = re.compile(r"(data|var)-([0-9]{6,})\.bin")
 _STREAM_BY_NAME = {v: k for k, v in fmt.STREAM_NAMES.items()}
@@ -30,12 +30,6 @@ def list_segments(ns_dir: Path, stream: int) -> list[int]:
     return sorted(out)
 
 
-# A writer has the disk space for the next ALLOCATE_AHEAD bytes of its segment
-# allocated ahead of its appends (fileio.reserve_space), within the segment
-# size; it gives back what it did not use when it leaves the segment.
-ALLOCATE_AHEAD = 64 << 20
-
-
 class SegmentWriter(FileHandle):
     """Appends records to the newest segment of one stream, rolling over by size."""
 
@@ -48,34 +42,6 @@ class SegmentWriter(FileHandle):
         self.seq = -1
         self.size = 0
         self.dirty = False
-        self.allocated = 0       # disk space is allocated up to here (>= size while it works)
-        self.allocating = True   # False once the file system said no
-
-    def _allocate_ahead(self, end: int) -> None:
-        """Have the disk space for the segment's bytes up to ``end`` allocated."""
-        if end <= self.allocated or not self.allocating:
-            return
-        start = max(self.allocated, self.size)
-        stop = max(end, min(self.size + ALLOCATE_AHEAD, self.segment_size))
-        if reserve_space(self.fd, start, stop - start):
-            self.allocated = stop
-        else:
-            self.allocating = False
-
-    def _give_back(self) -> None:
-        """Free the space allocated past the segment's end (a cut to its own size does)."""
-        if self.allocated > self.size:
-            os.ftruncate(self.fd, self.size)
-        self.allocated = self.size
-
-    def close(self) -> None:
-        try:
-            if self.fd is not None:
-                self._give_back()
-        except OSError:
-            pass  # the space stays allocated past the end; the next writer's resume frees it
-        finally:
-            super().close()
 
     def resume(self, seq: int, size: int) -> None:
         """Continue appending to segment ``seq`` whose valid bytes end at ``size``."""
@@ -85,10 +51,9 @@ class SegmentWriter(FileHandle):
         self.rollback(size)
 
     def rollback(self, size: int) -> None:
-        """Cut the segment back to ``size`` bytes and append from there
-        (this also frees the space allocated past them)."""
+        """Cut the segment back to ``size`` bytes and append from there."""
         os.ftruncate(self.fd, size)
-        self.size = self.allocated = size
+        self.size = size
 
     def _start(self, seq: int) -> None:
         path = self.dir / segment_name(self.stream, seq)
@@ -103,12 +68,10 @@ class SegmentWriter(FileHandle):
             path.unlink(missing_ok=True)
             raise
         if self.fd is not None:
-            self._give_back()
             if self.fsync or self.dirty:
                 os.fsync(self.fd)
             os.close(self.fd)
         self.fd, self.seq, self.size = fd, seq, fmt.SEG_HEADER_SIZE
-        self.allocated, self.allocating = self.size, True
         self.dirty = False
 
     def _reserve(self, total: int) -> int:
@@ -147,7 +110,6 @@ class SegmentWriter(FileHandle):
         payloads = [p for _, p in items[:k]]
         pads = [hashrun.zeros(t - h - len(p)) for t, h, p in zip(totals, hlens, payloads)]
         try:
-            self._allocate_ahead(end)
             if sum(len(p) for p in payloads) >= hashrun.PARALLEL_HASH:
                 checks = hashrun.write_hashed(self.fd, offset, hlens, payloads, pads)
                 headers = self._headers(kind, items, checks)
@@ -179,7 +141,6 @@ class SegmentWriter(FileHandle):
         total = len(record)
         offset = self._reserve(total)
         try:
-            self._allocate_ahead(offset + total)
             write_all(self.fd, [record], offset)
         except BaseException:
             self.rollback(offset)
