@@ -110,10 +110,6 @@ def _header_checksum(fixed: bytes, meta_bytes: bytes) -> int:
     return xxh3(fixed + meta_bytes)
 
 
-def pack_record_header(kind: int, meta: dict, payload_len: int, checksum: int) -> bytes:
-    return record_header(kind, pack_meta(meta), payload_len, checksum)
-
-
 def unpack_record_header(buf, offset: int, where: str) -> RecordHeader:
     """Parse and check the record header at ``offset`` of ``buf``.
 

@@ -5,6 +5,7 @@ import mmap
 import os
 import re
 import time
+from itertools import accumulate
 from pathlib import Path
 
 from . import format as fmt
@@ -109,14 +110,12 @@ class SegmentWriter(FileHandle):
             k += 1
         payloads = [p for _, p in items[:k]]
         pads = [hashrun.zeros(t - h - len(p)) for t, h, p in zip(totals, hlens, payloads)]
+        starts = list(accumulate(totals[:k - 1], initial=offset))  # of each record
         try:
             if sum(len(p) for p in payloads) >= hashrun.PARALLEL_HASH:
                 checks = hashrun.write_hashed(self.fd, offset, hlens, payloads, pads)
-                headers = self._headers(kind, items, checks)
-                pos = offset
-                for header, total in zip(headers, totals):
-                    pwrite_views(self.fd, [memoryview(header)], len(header), pos)
-                    pos += total
+                for header, pos in zip(self._headers(kind, items, checks), starts):
+                    pwrite_views(self.fd, [header], len(header), pos)
             else:
                 checks = [fmt.xxh3(p) for p in payloads]
                 headers = self._headers(kind, items, checks)
@@ -126,11 +125,7 @@ class SegmentWriter(FileHandle):
             self.rollback(offset)
             raise
         self._commit(offset, end - offset)
-        out, pos = [], offset
-        for h, total, check in zip(hlens, totals, checks):
-            out.append((self.seq, pos, h, check))
-            pos += total
-        return out
+        return [(self.seq, pos, h, check) for pos, h, check in zip(starts, hlens, checks)]
 
     @staticmethod
     def _headers(kind: int, items, checks: list[int]) -> list[bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -251,8 +252,6 @@ def test_a_failing_hash_thread_fails_the_run_without_hanging(tmp_path, monkeypat
                 gs.write_bucket("R_0_E_0_S_0_B_0", bucket(6, [5000]))
             except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 outcome.append(exc)
-
-        import threading
 
         t = threading.Thread(target=attempt, daemon=True)
         t.start()
