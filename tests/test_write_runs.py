@@ -96,6 +96,40 @@ def test_payloads_hashed_in_pieces_by_the_hash_thread(tmp_path, monkeypatch, pie
     check_store(path, expected)
 
 
+def test_pieces_end_on_file_offsets_that_are_multiples_of_their_size(tmp_path, monkeypatch):
+    """The ramp (4 KiB, 8 KiB, ...) then 32 KiB pieces, each ending on a multiple
+    of its size, whatever the run's start: the page cache gets whole folios."""
+    monkeypatch.setattr(hashrun, "HASH_FIRST", 4096)
+    monkeypatch.setattr(hashrun, "HASH_PIECE", 32768)
+    monkeypatch.setattr(hashrun, "PARALLEL_HASH", 1)
+    real, writes = os.pwritev, []
+
+    def pwritev(fd, buffers, offset):
+        writes.append((offset, sum(len(memoryview(b).cast("B")) for b in buffers)))
+        return real(fd, buffers, offset)
+
+    tensors = bucket(7, [30001, 5, 20000])  # odd sizes: records start anywhere 64-aligned
+    with gradstore.open(tmp_path / "s.gs", "w") as gs:
+        gs.write("first", np.zeros(77, np.float32))  # the run starts past a record
+        monkeypatch.setattr(os, "pwritev", pwritev)
+        entries = gs.write_bucket("R_0_E_0_S_0_B_0", tensors)
+        monkeypatch.setattr(os, "pwritev", real)
+    start = entries[0].offset
+    end = entries[-1].offset + fmt.align(entries[-1].header_len + entries[-1].nbytes)
+    pieces = writes[:-len(entries)]  # then one write per header
+    assert [w[0] for w in writes[-len(entries):]] == [e.offset for e in entries]
+    assert pieces[0][0] == start and sum(n for _, n in pieces) == end - start
+    assert all(a + n == b for (a, n), (b, _) in zip(pieces, pieces[1:]))  # contiguous, in order
+    step = 4096
+    for off, n in pieces[:-1]:
+        assert (off + n) % step == 0 and 0 < n <= step, (pieces, step)
+        step = min(2 * step, 32768)
+    assert sum(n == 32768 for _, n in pieces) >= 4  # the steady state: whole aligned pieces
+    assert pieces[-1][0] + pieces[-1][1] == end
+    check_store(tmp_path / "s.gs", dict({f"R_0_E_0_S_0_B_0/{m}": a for m, a in tensors.items()},
+                                        first=np.zeros(77, np.float32)))
+
+
 def test_a_bucket_larger_than_a_segment_is_split_at_segment_borders(tmp_path):
     tensors = bucket(20, [3000])  # 12 KB each, 32 KiB segments: two or so per segment
     path = tmp_path / "s.gs"
