@@ -30,7 +30,8 @@ a gradstore view of an open store; ``torch.load`` of the tensor's bucket
 file; ``f[path][()]`` of an open h5py file; ``safe_open(...).get_tensor``.
 "full read" reads every byte of every tensor (a uint64 sum over its bytes,
 the same function for everyone). The key-count rows use tiny tensors
-written through the public API.
+written through the public API; their gets are timed side by side, in
+blocks of 500 that take turns between the stores.
 """
 from __future__ import annotations
 
@@ -350,20 +351,36 @@ def build_key_store(path: Path, nkeys: int) -> float:
     return nkeys / (time.perf_counter() - t)
 
 
-def get_latency(path: Path, samples: int = 20000, seed: int = 1) -> tuple[float, float]:
-    """(median, p99) seconds of ``gs[key]`` for random keys of an open store."""
-    with gradstore.open(path, "r") as gs:
-        keys = gs.keys()
-        pick = random.Random(seed).choices(keys, k=samples)
-        for k in pick[:1000]:  # warm the maps
-            gs[k]
-        times = []
-        for k in pick:
-            t = time.perf_counter_ns()
-            gs[k]
-            times.append(time.perf_counter_ns() - t)
-    times.sort()
-    return statistics.median(times) / 1e9, times[int(len(times) * 0.99)] / 1e9
+def get_latency(paths: list[Path], samples: int = 20000, block: int = 500,
+                seed: int = 1) -> list[tuple[float, float]]:
+    """(median, p99) seconds of ``gs[key]`` for random keys of each open store.
+
+    The stores are measured side by side: blocks of ``block`` gets take turns
+    between them, so a slow phase of the machine hits all of them alike.
+    """
+    stores = [gradstore.open(p, "r") for p in paths]
+    try:
+        picks = []
+        for gs in stores:
+            picks.append(random.Random(seed).choices(gs.keys(), k=samples))
+            for k in picks[-1][:1000]:  # warm the maps
+                gs[k]
+        times: list[list[int]] = [[] for _ in stores]
+        clock = time.perf_counter_ns
+        for b in range(0, samples, block):
+            for gs, pick, out in zip(stores, picks, times):
+                for k in pick[b:b + block]:
+                    t = clock()
+                    gs[k]
+                    out.append(clock() - t)
+    finally:
+        for gs in stores:
+            gs.close()
+    out = []
+    for t in times:
+        t.sort()
+        out.append((statistics.median(t) / 1e9, t[int(len(t) * 0.99)] / 1e9))
+    return out
 
 
 def open_time(path: Path, mode: str, reps: int) -> float:
@@ -534,9 +551,8 @@ def run(args, work: Path) -> None:
     gradstore.repair(small_snap)  # its index now comes from a snapshot, as the big store's does
     open_r = open_time(big, "r", 5)
     open_a = open_time(big, "a", 3)
-    get_big, p99_big = get_latency(big)
-    get_small, p99_small = get_latency(small)
-    get_small_snap, _ = get_latency(small_snap)
+    (get_big, p99_big), (get_small, p99_small), (get_small_snap, _) = \
+        get_latency([big, small, small_snap])
     print(f"  built at {rate_big:,.0f} keys/s; open('r') {fmt_time(open_r)}, open('a') {fmt_time(open_a)}")
     print()
 
