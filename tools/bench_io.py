@@ -36,6 +36,7 @@ blocks of 500 that take turns between the stores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import platform
@@ -358,8 +359,8 @@ def get_latency(paths: list[Path], samples: int = 20000, block: int = 500,
     The stores are measured side by side: blocks of ``block`` gets take turns
     between them, so a slow phase of the machine hits all of them alike.
     """
-    stores = [gradstore.open(p, "r") for p in paths]
-    try:
+    with contextlib.ExitStack() as opened:
+        stores = [opened.enter_context(gradstore.open(p, "r")) for p in paths]
         picks = []
         for gs in stores:
             picks.append(random.Random(seed).choices(gs.keys(), k=samples))
@@ -373,14 +374,9 @@ def get_latency(paths: list[Path], samples: int = 20000, block: int = 500,
                     t = clock()
                     gs[k]
                     out.append(clock() - t)
-    finally:
-        for gs in stores:
-            gs.close()
-    out = []
     for t in times:
         t.sort()
-        out.append((statistics.median(t) / 1e9, t[int(len(t) * 0.99)] / 1e9))
-    return out
+    return [(statistics.median(t) / 1e9, t[int(len(t) * 0.99)] / 1e9) for t in times]
 
 
 def open_time(path: Path, mode: str, reps: int) -> float:
