@@ -39,6 +39,8 @@ class Task:
     file: "SourceFile"
     part: Part | None
     executor: Executor        # the pool it went to (a broken pool fails all its tasks)
+    retried: bool = False     # handed out again after a reader died
+    call: tuple = ()          # (fn, *args), to hand it out again
 
 
 @dataclass(eq=False)
@@ -51,6 +53,7 @@ class SourceFile:
     written: int = 0
     errors: list[str] = field(default_factory=list)
     refs: dict[str, Ref] = field(default_factory=dict)
+    stat: tuple | None = None     # when planned: a reader that dies on a changed file blames it
 
     @property
     def done(self) -> bool:
@@ -130,7 +133,7 @@ class Converter:
             self.display.grow(0, est - os.path.getsize(path))
         except OSError:
             pass
-        return SourceFile(path, fmt, deque(parts), est)
+        return SourceFile(path, fmt, deque(parts), est, stat=_stat(path))
 
     def _next_part(self) -> tuple[SourceFile, Part] | None:
         while self.active and not self.active[0].parts:
@@ -153,13 +156,14 @@ class Converter:
             sf.pending += 1
             self._submit("read", sf, part, worker.read_part, part, self.dtype, str(self.spool.path))
 
-    def _submit(self, kind: str, sf: SourceFile, part: Part | None, fn, *args) -> None:
+    def _submit(self, kind: str, sf: SourceFile, part: Part | None, fn, *args,
+                retried: bool = False) -> None:
         try:
             fut = self.executor.submit(fn, *args)
         except BrokenProcessPool:
             self._restart_pool(self.executor)
             fut = self.executor.submit(fn, *args)
-        self.inflight[fut] = Task(kind, sf, part, self.executor)
+        self.inflight[fut] = Task(kind, sf, part, self.executor, retried, (fn, *args))
 
     def _restart_pool(self, broken: Executor) -> None:
         """A reader died: every task of its pool fails; later ones go to a new pool."""
@@ -180,13 +184,32 @@ class Converter:
             exc = fut.exception()
             if isinstance(exc, BrokenProcessPool):
                 self._restart_pool(task.executor)
-                exc = SourceError(f"{task.file.path}: a reader process died while this file was in "
-                                  "flight (out of memory, or a crash in a reading library)")
+                exc = self._reader_died(task)
+                if exc is None:
+                    continue
             if task.kind == "read":
                 self._read_done(task.file, task.part, fut, exc)
             else:
                 self._verify_done(task.file, fut, exc)
         self._fill()
+
+    def _reader_died(self, task: Task) -> SourceError | None:
+        """A reader died, and with it every task of its pool: which of them failed?
+
+        A task whose file changed since it was planned is blamed (a mapped file
+        truncated under a reader kills it with SIGBUS); the others were only in
+        the same pool, so they are handed out once more to the new one.
+        """
+        sf = task.file
+        if _stat(sf.path) != sf.stat:
+            doing, outcome = ("read", "not stored") if task.kind == "read" else ("verified", "not deleted")
+            return SourceError(f"{sf.path}: changed while it was being {doing} (a reader process died "
+                               f"reading it: truncated or rewritten meanwhile?); {outcome}")
+        if not task.retried:
+            self._submit(task.kind, sf, task.part, *task.call, retried=True)
+            return None
+        return SourceError(f"{sf.path}: a reader process died while this file was in flight, "
+                           "twice (out of memory, or a crash in a reading library)")
 
     def run(self, stop: GracefulStop | None = None) -> None:
         """Convert everything added; on a stop request finish only the files in hand."""

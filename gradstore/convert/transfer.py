@@ -5,19 +5,20 @@ of a part sits and the checksum of its bytes, in one of two places:
 
 * in the source file itself, when the format says the tensor's bytes sit
   there whole and uncompressed (``Item.offset``) and the reader has checked
-  that they do.  The writer maps the source and stores the tensor straight
-  from the page cache: no copy but the store's own.
+  that they do.  The writer reads them from there with pread, straight from
+  the page cache: no spool file in between.
 * otherwise in a spool file (see spool.py): the reader writes the tensor
   there once (pwrite); the writer maps the file and deletes it afterwards.
 
 The store checksums what it writes, which must equal the reader's checksum.
 A source file can change between the read and the write (a producer
-rewrites it): the writer compares the file's stat with the reader's, and
-hashes each tensor again just before storing it, so such a change is
-reported and not stored.  One window remains: a source truncated during the
-few milliseconds the writer reads a tensor from it kills the writer with
-SIGBUS, as it would a reader; a store is all or nothing per record, so the
-next run resumes cleanly.
+rewrites or truncates it): the writer compares the file's stat with the
+reader's before and after its read, and hashes each tensor again just
+before storing it, so such a change is reported and not stored.  The writer
+reads sources with pread and never maps them: a mapped file truncated by
+another process kills whoever touches the lost pages with SIGBUS, which
+Python cannot catch; a pread comes back short instead.  (Spool files are the
+converter's own, so mapping them is safe.)
 """
 from __future__ import annotations
 
@@ -210,32 +211,57 @@ def unpack(batch: Batch) -> Iterator[list[tuple[Ref, np.ndarray]]]:
     """
     with ExitStack() as stack:
         stack.callback(discard, batch)
-        spooled = source = None
+        spooled = None
         if batch.file is not None:
             with open(batch.file, "rb") as f:
                 spooled = FileMap(f.fileno(), 0, os.fstat(f.fileno()).st_size)
             stack.callback(spooled.close)
-        if batch.source is not None:
-            source = _map_source(batch)
-            stack.callback(source.close)
-        yield [(r, (source if r.in_source else spooled).view(r.dtype, r.shape, r.offset)
-                if r.nbytes else _view(b"", r.dtype, r.shape, 0)) for r in batch.refs]
+        copies = _read_source(batch) if batch.source is not None else {}
+        yield [(r, copies[i] if r.in_source else spooled.view(r.dtype, r.shape, r.offset)
+                if r.nbytes else _view(b"", r.dtype, r.shape, 0)) for i, r in enumerate(batch.refs)]
 
 
-def _map_source(batch: Batch) -> FileMap:
-    refs = [r for r in batch.refs if r.in_source]
+def _read_source(batch: Batch) -> dict[int, np.ndarray]:
+    """{index: array} of the batch's tensors that sit in its source, read with pread.
+
+    The file must be the version the reader read, before and after: a file
+    truncated or rewritten meanwhile is a SourceError, never a SIGBUS.
+    """
+    path = batch.source
     try:
-        fd = os.open(batch.source, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise SourceError(f"{batch.source}: cannot open it again to store it: {one_line(exc)}") from None
+        raise SourceError(f"{path}: cannot open it again to store it: {one_line(exc)}") from None
     try:
         if stat_of(fd) != batch.stat:
-            raise SourceError(f"{batch.source}: changed after it was read (its size or modification "
+            raise SourceError(f"{path}: changed after it was read (its size or modification "
                               "time differ); not stored")
-        return FileMap(fd, min(r.offset for r in refs), max(r.offset + r.nbytes for r in refs),
-                       sum(r.nbytes for r in refs))
+        out = {}
+        for i, r in enumerate(batch.refs):
+            if r.in_source and r.nbytes:
+                buf = np.empty(r.nbytes, np.uint8)
+                _pread_all(fd, memoryview(buf), r.offset, path, r.key)
+                out[i] = _view(buf, r.dtype, r.shape, 0)
+        if stat_of(fd) != batch.stat:
+            raise SourceError(f"{path}: changed while it was being stored (its size or "
+                              "modification time differ); not stored")
+        return out
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read it again to store it: {one_line(exc)}") from None
     finally:
         os.close(fd)
+
+
+def _pread_all(fd: int, buf: memoryview, offset: int, path: str, key: str) -> None:
+    """Fill ``buf`` from ``offset``; SourceError if the file ends first (it was truncated)."""
+    start, done = offset, 0
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], start + done)
+        if n == 0:
+            raise SourceError(f"{path}: truncated while it was being converted ({key}: "
+                              f"{len(buf)} bytes at offset {start}, the file ends at "
+                              f"{start + done}); not stored")
+        done += n
 
 
 def discard(batch: Batch) -> None:
