@@ -1,0 +1,230 @@
+"""The properties a damaged store must keep, checked through the public API.
+
+For a store whose files were damaged (fuzz_damage), ``check_damaged`` runs
+open("r"), open("a") then repair, and repair alone (each on its own copy),
+reads every key plainly and verified, runs verify(), and returns findings:
+
+crash    an exception that is not a GradstoreError. KeyError is allowed for a key
+         that keys() does not list (how a mapping reports a missing key; the store
+         raises it for gs[key], entry() and variant()); for a listed key it is a crash
+wrong    a verified read returned bytes that were never written under that id,
+         or an id that was never written reads back (a phantom), or gs[key] differs
+         from the verified read
+stale    after open("a") or repair, a verified read returned an older version of the id
+         while nothing (verify(), repair's result or an error) named the id as damaged
+         (a reader may see an older state: it cannot tell a damaged log from a writer's
+         uncommitted tail, so open("r") is held only to "wrong")
+lost     an id whose newest record was not touched is missing or unreadable
+         after open("a") or repair (with only index files damaged: every id)
+changed  open("r") modified files
+"""
+from __future__ import annotations
+
+import shutil
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import gradstore
+from crash_writer import tree_state
+from fuzz_build import Truth, same
+
+# KeyError: a missing key (gs[key], entry, variant); it must be a key that is not listed.
+ALLOWED = (gradstore.GradstoreError,)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    stage: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} [{self.stage}] {self.detail}"
+
+
+def _short(exc: BaseException) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}: {str(exc)[:160]}{where}"
+
+
+def verified_read(gs, key: str) -> np.ndarray:
+    """The checksum-verified read: ``gs.read(key, verify=True)``, or ``gs.get(key, verify=True)``
+    in the API before ``get`` took dict semantics."""
+    read = getattr(gs, "read", None)
+    return read(key, verify=True) if read is not None else gs.get(key, verify=True)
+
+
+class Checker:
+    """Runs one stage's reads and collects findings."""
+
+    def __init__(self, truth: Truth, touched: set[str], marker_touched: bool):
+        self.truth = truth
+        self.touched = touched
+        self.marker_touched = marker_touched
+        self.findings: list[Finding] = []
+        self.reported: set[str] = set()   # ids named by verify(), repair or an error, this stage
+        self.extra: dict[str, np.ndarray] = {}  # keys the checker wrote itself (the probe)
+
+    def add(self, kind: str, stage: str, detail: str) -> None:
+        self.findings.append(Finding(kind, stage, detail))
+
+    def call(self, stage: str, what: str, fn, *args, **kwargs):
+        """fn(*args); a GradstoreError is remembered (and returned), anything else is a crash."""
+        try:
+            return fn(*args, **kwargs)
+        except ALLOWED as exc:
+            self.note_named(str(exc))
+            return exc
+        except Exception as exc:  # noqa: BLE001 - the property under test
+            self.add("crash", stage, f"{what}: {_short(exc)}")
+            return exc
+
+    def note_named(self, text: str) -> None:
+        for id_ in self.truth.versions:
+            if id_.split("\0")[0] in text:
+                self.reported.add(id_)
+
+    # -- one open store -------------------------------------------------------------
+
+    def read_all(self, gs, stage: str, strict: bool) -> None:
+        """Every listed and every written id, read plainly and verified."""
+        listed = self.call(stage, "keys()", lambda: set(gs.keys()))
+        if isinstance(listed, BaseException):
+            listed = set()
+        problems = self.call(stage, "verify()", gs.verify)
+        if isinstance(problems, list):
+            for p in problems:
+                self.note_named(f"{getattr(p, 'key', '')}")
+        for key in sorted(listed | set(self.truth.tensor_keys()) | set(self.extra)):
+            self._read_tensor(gs, stage, strict, key, key in listed)
+        for id_ in self.truth.variant_ids():
+            self._read_variant(gs, stage, strict, id_)
+
+    def _read_tensor(self, gs, stage: str, strict: bool, key: str, listed: bool) -> None:
+        plain = self._guard(stage, f"gs[{key!r}]", listed, lambda: np.array(gs[key]))
+        got = self._guard(stage, f"verified read of {key!r}", listed,
+                          lambda: np.array(verified_read(gs, key)))
+        self._judge(stage, strict, key, got)
+        if isinstance(got, np.ndarray) and isinstance(plain, np.ndarray) and not same(got, plain):
+            self.add("wrong", stage, f"gs[{key!r}] differs from the verified read of it")
+
+    def _read_variant(self, gs, stage: str, strict: bool, id_: str) -> None:
+        key, spec = id_.split("\0")
+        got = self._guard(stage, f"gs.variant({key!r}, {spec!r}, verify=True)", False,
+                          lambda: np.array(gs.variant(key, spec, verify=True)))
+        self._judge(stage, strict, id_, got)
+
+    def _guard(self, stage: str, what: str, listed: bool, fn):
+        """fn(): its value, or the GradstoreError / KeyError it raised (else a crash)."""
+        try:
+            return fn()
+        except ALLOWED as exc:
+            self.note_named(str(exc))
+            return exc
+        except KeyError as exc:
+            if listed:
+                self.add("crash", stage, f"{what}: KeyError for a listed key: {exc}")
+            return exc
+        except Exception as exc:  # noqa: BLE001
+            self.add("crash", stage, f"{what}: {_short(exc)}")
+            return exc
+
+    def _judge(self, stage: str, strict: bool, id_: str, got) -> None:
+        shown = id_.replace("\0", " @ ")
+        versions = self.truth.versions.get(id_)
+        if id_ in self.extra:
+            versions = [self.extra[id_]]
+        if isinstance(got, np.ndarray):
+            if versions is None:
+                self.add("wrong", stage, f"{shown!r} was never written, yet reads back")
+            elif same(got, versions[-1]):
+                return
+            elif any(same(got, v) for v in versions[:-1]):
+                if strict and id_ not in self.reported:
+                    which = [i for i, v in enumerate(versions) if same(got, v)]
+                    self.add("stale", stage, f"{shown!r} reads version {which[-1]} of "
+                                             f"{len(versions)}, and nothing reports it damaged")
+            else:
+                self.add("wrong", stage, f"{shown!r} reads bytes that were never written "
+                                         f"({got.dtype}{list(got.shape)})")
+            return
+        if strict and versions is not None and id_ not in self.touched:
+            why = "missing" if isinstance(got, KeyError) else f"unreadable ({got})"
+            self.add("lost", stage, f"{shown!r} untouched but {why}")
+
+
+PROBE_KEY = "fuzz/probe"
+PROBE = np.arange(7.0)
+
+
+def _open_and_read(ck: Checker, path: Path, mode: str, stage: str, strict: bool,
+                   probe: bool = False) -> bool:
+    """Open, read everything, close; with ``probe``, also take a new write. False if refused."""
+    ck.reported = set()
+    gs = ck.call(stage, f"open({mode!r})", gradstore.open, path, mode)
+    if isinstance(gs, BaseException):
+        return False  # a GradstoreError loses nothing yet: repair must then recover
+    try:
+        ck.read_all(gs, stage, strict)
+        if probe:
+            done = ck.call(stage, "write after recovery", gs.write, PROBE_KEY, PROBE, overwrite=True)
+            if not isinstance(done, BaseException):
+                ck.extra[PROBE_KEY] = PROBE
+    finally:
+        ck.call(stage, "close()", gs.close)
+    return True
+
+
+def _refused(ck: Checker, stage: str, why: str) -> None:
+    """A refusal to repair loses every untouched id, unless the marker itself was damaged."""
+    if ck.marker_touched:
+        return
+    untouched = [i for i in ck.truth.versions if i not in ck.touched] + list(ck.extra)
+    if untouched:
+        ck.add("lost", stage, f"{len(untouched)} untouched ids, e.g. {untouched[0]!r}: {why}")
+
+
+def _repair_and_read(ck: Checker, path: Path, stage: str) -> None:
+    ck.reported = set()
+    res = ck.call(stage, "gradstore.repair", gradstore.repair, path)
+    if isinstance(res, BaseException):
+        if isinstance(res, gradstore.GradstoreError):
+            _refused(ck, stage, f"repair refused: {_short(res)}")
+        return
+    ck.note_named(repr(res))
+    named, ck.reported = ck.reported, set()
+    gs = ck.call(stage, "open('r') after repair", gradstore.open, path, "r")
+    if isinstance(gs, BaseException):
+        if isinstance(gs, gradstore.GradstoreError):
+            _refused(ck, stage, f"open('r') after repair refused: {_short(gs)}")
+        return
+    try:
+        ck.reported |= named
+        ck.read_all(gs, stage, strict=True)
+    finally:
+        ck.call(stage, "close()", gs.close)
+
+
+def check_damaged(damaged: Path, scratch: Path, truth: Truth, touched: set[str],
+                  marker_touched: bool) -> list[Finding]:
+    """All properties of a damaged store (``damaged`` itself is left as it is)."""
+    ck = Checker(truth, touched, marker_touched)
+    before = tree_state(damaged)
+    _open_and_read(ck, damaged, "r", "open(r)", strict=False)
+    if tree_state(damaged) != before:
+        ck.add("changed", "open(r)", "a reader modified the store's files")
+
+    a = scratch / "a.gs"
+    shutil.copytree(damaged, a)
+    _open_and_read(ck, a, "a", "open(a)", strict=True, probe=True)
+    _repair_and_read(ck, a, "open(a)+repair")
+
+    ck.extra = {}
+    b = scratch / "b.gs"
+    shutil.copytree(damaged, b)
+    _repair_and_read(ck, b, "repair")
+    return ck.findings
