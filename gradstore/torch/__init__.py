@@ -1,1 +1,18 @@
-"""The torch adapter: the only place in gradstore that imports torch at module level."""
+"""The torch adapter: the only place in gradstore that imports torch at module level.
+
+``GradientCapture`` (DDP communication hook) and ``CaptureCallback``
+(transformers Trainer, an optional dependency) load on first use.
+"""
+from __future__ import annotations
+
+__all__ = ["GradientCapture", "CaptureCallback", "CaptureError"]
+
+
+def __getattr__(name: str):
+    if name in ("GradientCapture", "CaptureError"):
+        from . import capture
+        return getattr(capture, name)
+    if name == "CaptureCallback":
+        from .callback import CaptureCallback
+        return CaptureCallback
+    raise AttributeError(f"module 'gradstore.torch' has no attribute {name!r}")
