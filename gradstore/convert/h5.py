@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import dtypes
 from ..keys import bucket_name, check_key, sort_key, try_parse
+from ..progress import human_bytes
 from .source import Item, Part, SourceError, edges_of, one_line, opens
 
 SUFFIXES = (".h5", ".hdf5")
@@ -81,10 +82,44 @@ def _group_of(dataset_path: str, key: str) -> str:
     return k.bucket_name if k is not None else dataset_path.rsplit("/", 1)[0]
 
 
+def memory_budget() -> int:
+    """The most one dataset may declare: a reader holds it in memory, and its spool
+    copy often sits in memory too (tmpfs), so a quarter of the machine's RAM."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 1 << 32
+
+
+def _check_size(path, dpath: str, ds, nbytes: int, file_size: int, budget: int) -> None:
+    """SourceError when a dataset declares more than a reader can hold, or (stored
+    without a filter) more than the whole file: a crafted or damaged header, which
+    would otherwise be read whole before anything notices."""
+    declared = (f"dataset {dpath} declares {human_bytes(nbytes)} "
+                f"({'x'.join(map(str, ds.shape))} {ds.dtype})")
+    if nbytes > budget:
+        raise SourceError(f"{path}: {declared}, more than the {human_bytes(budget)} a reader may "
+                          "hold in memory; none of this file is converted")
+    try:
+        filtered = ds.id.get_create_plist().get_nfilters() > 0
+    except Exception:  # an HDF5 that cannot say: judge by the budget alone
+        return
+    if not filtered and nbytes > file_size:
+        raise SourceError(f"{path}: {declared}, more than the whole file holds "
+                          f"({human_bytes(file_size)}): a damaged or crafted header; "
+                          "none of this file is converted")
+
+
 def plan(path: str | os.PathLike, dtype: str | None = None) -> list[Part]:
-    """One part per bucket (or group), split where a group exceeds PART_BYTES."""
+    """One part per bucket (or group), split where a group exceeds PART_BYTES.
+
+    Every dataset's declared size is checked first (see ``_check_size``), so a
+    file that declares too much fails whole, before any of it is read.
+    """
+    budget = memory_budget()
     with _open(path) as f:
         try:
+            file_size = os.path.getsize(path)
             rows = []
             for dpath, ds in _datasets(f):
                 try:
@@ -92,6 +127,7 @@ def plan(path: str | os.PathLike, dtype: str | None = None) -> list[Part]:
                 except ValueError as exc:
                     raise SourceError(f"{path}: dataset {dpath}: {one_line(exc)}") from None
                 size = ds.size * ds.dtype.itemsize if ds.shape is not None else 0
+                _check_size(path, dpath, ds, size, file_size, budget)
                 rows.append((sort_key(key), _group_of(dpath, key), dpath, size))
         except (OSError, RuntimeError, KeyError) as exc:
             raise SourceError(f"{path}: cannot read the HDF5 structure ({one_line(exc)})") from None

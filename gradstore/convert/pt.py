@@ -37,12 +37,19 @@ def plan(path: str | os.PathLike, dtype: str | None = None) -> list[Part]:
 
 
 def _weights_only_reason(exc: BaseException) -> str:
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1].split("Check the documentation")[0]
-        text = text.split("Please use `torch.serialization")[0]
-    return one_line(Exception(text)).rstrip(". ")
+    """The weights-only unpickler's own reason, whole: torch wraps it in paragraphs
+    of advice (on loading the file unsafely) that do not fit one line."""
+    inner = exc.__context__ if isinstance(exc.__context__, pickle.UnpicklingError) else exc
+    text = " ".join(str(inner).split())
+    text = text.split("WeightsUnpickler error:")[-1]
+    for advice in ("Please use `torch.serialization", "Please file an issue", "Check the documentation"):
+        text = text.split(advice)[0]
+    text = text.strip().rstrip(".")
+    if not text or "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain containers"
+    if len(text) > 200:   # a long class name or repr: cut between words, and say so
+        text = text[:200].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 def load(path: str | os.PathLike):
