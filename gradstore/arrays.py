@@ -17,11 +17,12 @@ def as_array(obj: object, *, what: str = "value") -> np.ndarray:
 
     Copies only when it must: a non-contiguous input, a big-endian one or a
     tensor that lives off the CPU.  Raises TypeError for objects that are not
-    arrays and ValueError for unsupported dtypes, naming ``what``.
+    arrays, and ValueError for unsupported dtypes and for tensors without
+    dense data (sparse, meta, nested, quantized), naming ``what``.
     """
     if is_torch_tensor(obj):
         from .torch.convert import tensor_to_numpy
-        arr = tensor_to_numpy(obj)
+        arr = tensor_to_numpy(obj, what=what)
     elif isinstance(obj, np.ndarray):
         arr = obj
     elif isinstance(obj, np.generic):
