@@ -150,9 +150,7 @@ def try_damage(kind: str, seed: int, work: Path) -> tuple[list[tuple[str, str]],
     root = work / "s.gs"
     truth = fb.build(root, fb.draw_plan(pick))
     m = fd.draw_mutation(pick, root, truth, ALL_FILES, (kind,))
-    ranges = [m.apply(root)]
-    touched = fd.touched_ids(truth, ranges)
-    findings = fc.check_damaged(root, work, truth, touched, fd.file_class(m.file) == "marker")
+    findings = fc.check_damaged(root, work, truth, [m.apply(root)])
     return [(FINDING_COLUMN[f.kind], str(f)) for f in findings], str(m)
 
 

@@ -1,8 +1,9 @@
 """The properties a damaged store must keep, checked through the public API.
 
 For a store whose files were damaged (fuzz_damage), ``check_damaged`` runs
-open("r"), open("a") then repair, and repair alone (each on its own copy),
-reads every key plainly and verified, runs verify(), and returns findings:
+open("r"); the writer's recovery (open "a" for every namespace) then repair;
+and repair alone (each on its own copy), reads every key plainly and verified
+through open("r"), runs verify(), and returns findings:
 
 crash    an exception that is not a GradstoreError. KeyError is allowed for a key
          that keys() does not list (how a mapping reports a missing key; the store
@@ -11,7 +12,8 @@ wrong    a verified read returned bytes that were never written under that id,
          or an id that was never written reads back (a phantom), or gs[key] differs
          from the verified read
 stale    after open("a") or repair, a verified read returned an older version of the id
-         while nothing (verify(), repair's result or an error) named the id as damaged
+         while nothing (verify(), repair's result or an error) named the id as damaged,
+         though its newest record was intact or the index files were (so it was knowable)
          (a reader may see an older state: it cannot tell a damaged log from a writer's
          uncommitted tail, so open("r") is held only to "wrong")
 lost     an id whose newest record was not touched is missing or unreadable
@@ -30,6 +32,7 @@ import numpy as np
 import gradstore
 from crash_writer import tree_state
 from fuzz_build import Truth, same
+from fuzz_damage import file_class, touched_ids
 
 # KeyError: a missing key (gs[key], entry, variant); it must be a key that is not listed.
 ALLOWED = (gradstore.GradstoreError,)
@@ -61,10 +64,12 @@ def verified_read(gs, key: str) -> np.ndarray:
 class Checker:
     """Runs one stage's reads and collects findings."""
 
-    def __init__(self, truth: Truth, touched: set[str], marker_touched: bool):
+    def __init__(self, truth: Truth, touched: set[str], marker_touched: bool = False,
+                 index_touched: bool = False):
         self.truth = truth
         self.touched = touched
         self.marker_touched = marker_touched
+        self.index_touched = index_touched
         self.findings: list[Finding] = []
         self.reported: set[str] = set()   # ids named by verify(), repair or an error, this stage
         self.extra: dict[str, np.ndarray] = {}  # keys the checker wrote itself (the probe)
@@ -144,7 +149,10 @@ class Checker:
             elif same(got, versions[-1]):
                 return
             elif any(same(got, v) for v in versions[:-1]):
-                if strict and id_ not in self.reported:
+                # Which record is newest is knowable when the newest is intact, or when
+                # the index files that vouch for it are.
+                knowable = id_ not in self.touched or not self.index_touched
+                if strict and knowable and id_ not in self.reported:
                     which = [i for i, v in enumerate(versions) if same(got, v)]
                     self.add("stale", stage, f"{shown!r} reads version {which[-1]} of "
                                              f"{len(versions)}, and nothing reports it damaged")
@@ -161,22 +169,45 @@ PROBE_KEY = "fuzz/probe"
 PROBE = np.arange(7.0)
 
 
-def _open_and_read(ck: Checker, path: Path, mode: str, stage: str, strict: bool,
-                   probe: bool = False) -> bool:
-    """Open, read everything, close; with ``probe``, also take a new write. False if refused."""
-    ck.reported = set()
-    gs = ck.call(stage, f"open({mode!r})", gradstore.open, path, mode)
+def _ranks(path: Path) -> list[int | None]:
+    """The namespaces of a store as ranks for open(); main (None) last."""
+    dirs = [p.name for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
+    return sorted(int(d[1:]) for d in dirs if d[:1] == "r" and d[1:].isdigit()) + [None]
+
+
+def _read_back(ck: Checker, path: Path, stage: str, strict: bool) -> None:
+    """open("r"), every id read plainly and verified, verify(), close."""
+    gs = ck.call(stage, "open('r')", gradstore.open, path, "r")
     if isinstance(gs, BaseException):
-        return False  # a GradstoreError loses nothing yet: repair must then recover
+        if strict and isinstance(gs, gradstore.GradstoreError):
+            _refused(ck, stage, f"open('r') refused: {_short(gs)}")
+        return
     try:
         ck.read_all(gs, stage, strict)
-        if probe:
-            done = ck.call(stage, "write after recovery", gs.write, PROBE_KEY, PROBE, overwrite=True)
-            if not isinstance(done, BaseException):
-                ck.extra[PROBE_KEY] = PROBE
     finally:
         ck.call(stage, "close()", gs.close)
-    return True
+
+
+def _recover(ck: Checker, path: Path, stage: str) -> None:
+    """Every namespace's writer recovery (open "a" per rank; main takes a new write), then
+    read back. A GradstoreError from an open loses nothing yet: repair must then recover."""
+    ck.reported = set()
+    refused = False
+    for rank in _ranks(path):
+        gs = ck.call(stage, f"open('a', rank={rank})", gradstore.open, path, "a", rank=rank)
+        if isinstance(gs, BaseException):
+            refused = True
+            continue
+        try:
+            if rank is None:
+                done = ck.call(stage, "a write after recovery", gs.write, PROBE_KEY, PROBE,
+                               overwrite=True)
+                if not isinstance(done, BaseException):
+                    ck.extra[PROBE_KEY] = PROBE
+        finally:
+            ck.call(stage, "close()", gs.close)
+    if not refused:
+        _read_back(ck, path, stage, strict=True)
 
 
 def _refused(ck: Checker, stage: str, why: str) -> None:
@@ -188,7 +219,7 @@ def _refused(ck: Checker, stage: str, why: str) -> None:
         ck.add("lost", stage, f"{len(untouched)} untouched ids, e.g. {untouched[0]!r}: {why}")
 
 
-def _repair_and_read(ck: Checker, path: Path, stage: str) -> None:
+def _repair(ck: Checker, path: Path, stage: str) -> None:
     ck.reported = set()
     res = ck.call(stage, "gradstore.repair", gradstore.repair, path)
     if isinstance(res, BaseException):
@@ -196,35 +227,28 @@ def _repair_and_read(ck: Checker, path: Path, stage: str) -> None:
             _refused(ck, stage, f"repair refused: {_short(res)}")
         return
     ck.note_named(repr(res))
-    named, ck.reported = ck.reported, set()
-    gs = ck.call(stage, "open('r') after repair", gradstore.open, path, "r")
-    if isinstance(gs, BaseException):
-        if isinstance(gs, gradstore.GradstoreError):
-            _refused(ck, stage, f"open('r') after repair refused: {_short(gs)}")
-        return
-    try:
-        ck.reported |= named
-        ck.read_all(gs, stage, strict=True)
-    finally:
-        ck.call(stage, "close()", gs.close)
+    _read_back(ck, path, stage, strict=True)
 
 
-def check_damaged(damaged: Path, scratch: Path, truth: Truth, touched: set[str],
-                  marker_touched: bool) -> list[Finding]:
-    """All properties of a damaged store (``damaged`` itself is left as it is)."""
-    ck = Checker(truth, touched, marker_touched)
+def check_damaged(damaged: Path, scratch: Path, truth: Truth,
+                  ranges: list[tuple[str, int, int]]) -> list[Finding]:
+    """All properties of a store whose files were damaged at ``ranges`` (file, start, end);
+    ``damaged`` itself is left as it is, each stage works on a copy."""
+    ck = Checker(truth, touched_ids(truth, ranges),
+                 marker_touched=any(file_class(f) == "marker" for f, _s, _e in ranges),
+                 index_touched=any(file_class(f) == "index" for f, _s, _e in ranges))
     before = tree_state(damaged)
-    _open_and_read(ck, damaged, "r", "open(r)", strict=False)
+    _read_back(ck, damaged, "open(r)", strict=False)
     if tree_state(damaged) != before:
         ck.add("changed", "open(r)", "a reader modified the store's files")
 
     a = scratch / "a.gs"
     shutil.copytree(damaged, a)
-    _open_and_read(ck, a, "a", "open(a)", strict=True, probe=True)
-    _repair_and_read(ck, a, "open(a)+repair")
+    _recover(ck, a, "open(a)")
+    _repair(ck, a, "open(a)+repair")
 
     ck.extra = {}
     b = scratch / "b.gs"
     shutil.copytree(damaged, b)
-    _repair_and_read(ck, b, "repair")
+    _repair(ck, b, "repair")
     return ck.findings

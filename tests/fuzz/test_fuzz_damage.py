@@ -46,11 +46,10 @@ def damage_and_check(plan, data, classes: tuple[str, ...], max_mutations: int) -
                 break
             muts.append(m)
             ranges.append(m.apply(root))
-        touched = fd.touched_ids(truth, ranges)
-        marker = any(fd.file_class(f) == "marker" for f, _s, _e in ranges)
         note("damage: " + "; ".join(map(str, muts)))
+        touched = fd.touched_ids(truth, ranges)
         note(f"touched ids: {sorted(t.replace(chr(0), ' @ ') for t in touched)}")
-        findings = fc.check_damaged(root, work, truth, touched, marker)
+        findings = fc.check_damaged(root, work, truth, ranges)
         assert not findings, summary(findings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -85,7 +84,7 @@ def test_undamaged_stores_pass_every_check(long_run):
         work = Path(tempfile.mkdtemp(prefix="gradstore-fuzz-", dir=SCRATCH))
         try:
             truth = fb.build(work / "s.gs", plan)
-            findings = fc.check_damaged(work / "s.gs", work, truth, set(), False)
+            findings = fc.check_damaged(work / "s.gs", work, truth, [])
             assert not findings, summary(findings)
         finally:
             shutil.rmtree(work, ignore_errors=True)
