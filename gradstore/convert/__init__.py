@@ -12,8 +12,9 @@ imported only when a file of theirs is read or written.
 from .export import ExportReport, export
 from .pipeline import DEFAULT_JOBS, Converter, convert
 from .progress import Report
+from .readers import MainGuardError
 from .source import SourceError
 from .watch import watch
 
 __all__ = ["convert", "watch", "export", "Converter", "Report", "ExportReport", "SourceError",
-           "DEFAULT_JOBS"]
+           "MainGuardError", "DEFAULT_JOBS"]

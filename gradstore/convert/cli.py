@@ -25,6 +25,7 @@ def _parser_class():
 
 
 def build_convert_parser(prog: str = "gradstore-convert") -> argparse.ArgumentParser:
+    from ..cli import count
     from .pipeline import DEFAULT_JOBS
     from .watch import GIVE_UP, SETTLE
     p = _parser_class()(
@@ -35,7 +36,7 @@ def build_convert_parser(prog: str = "gradstore-convert") -> argparse.ArgumentPa
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="SRC... DEST: source files or directories (searched recursively), "
                         "then the store (created if missing)")
-    p.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS,
+    p.add_argument("-j", "--jobs", type=count(0), default=DEFAULT_JOBS,
                    help=f"reader processes (default {DEFAULT_JOBS}; 0 reads in this process)")
     p.add_argument("--dtype", choices=FLOAT_DTYPES,
                    help="HDF5 sources: the true dtype of their floating-point datasets, e.g. "
@@ -68,8 +69,6 @@ def convert_main(argv: list[str] | None = None, prog: str = "gradstore-convert")
         parser.error("give at least one SRC and then DEST")
     if args.watch is None and args.once:
         parser.error("--once goes with --watch")
-    if args.jobs < 0:
-        parser.error("--jobs must be 0 or more")
     if args.settle < 0 or args.give_up <= 0:
         parser.error("--settle must be 0 or more and --give-up more than 0")
 

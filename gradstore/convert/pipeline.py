@@ -21,7 +21,8 @@ from typing import Iterable, Iterator
 from . import source, worker
 from .ingest import ingest, matches
 from .progress import Display, Report
-from .readers import discard_broken, make_executor, readers_need
+from .readers import (MainGuardError, discard_broken, make_executor, readers_need, refuse_if_rerun,
+                      reran_main)
 from .signals import GracefulStop
 from .source import Part, SourceError, one_line
 from .spool import Spool
@@ -78,6 +79,8 @@ class Converter:
                  delete_source: bool = False, display: Display | None = None,
                  report: Report | None = None, sync_bytes: int = SYNC_BYTES,
                  preload: tuple[str, ...] = ()):
+        if jobs < 0:
+            raise ValueError(f"jobs must be 0 or more, got {jobs}")
         self.gs = gs
         self.jobs = jobs
         self.dtype = dtype
@@ -167,6 +170,8 @@ class Converter:
 
     def _restart_pool(self, broken: Executor) -> None:
         """A reader died: every task of its pool fails; later ones go to a new pool."""
+        if reran_main(broken):
+            raise MainGuardError() from None
         if broken is self.executor:
             discard_broken(broken)
             self.executor = make_executor(self.jobs, self.preload)
@@ -359,6 +364,7 @@ def convert(sources: Iterable[str | os.PathLike], dest, *, jobs: int = DEFAULT_J
     processes, so a script calling this needs the usual
     ``if __name__ == "__main__":`` guard of multiprocessing.
     """
+    refuse_if_rerun()
     files = source.discover(list(sources))
     display = display or Display()
     report = Report()

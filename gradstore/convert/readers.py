@@ -10,7 +10,38 @@ import sys
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Iterable
 
+from ..errors import GradstoreError
 from . import source, worker
+
+# A reader that finds itself running the main script again exits with this
+# status, so the writer can tell the user what is wrong (see unguarded_main).
+EXIT_RERAN_MAIN = 87
+
+
+class MainGuardError(GradstoreError):
+    """convert() was called by a script without an ``if __name__ == "__main__":`` guard."""
+
+    def __init__(self) -> None:
+        script = getattr(sys.modules.get("__main__"), "__file__", None) or "the main script"
+        super().__init__(
+            f"{script}: the converter's reader processes run this script again when they start, "
+            "and it calls convert() again at import; put that call under "
+            "'if __name__ == \"__main__\":' (or pass jobs=0 to read in this process)")
+
+
+def refuse_if_rerun() -> None:
+    """Called first by convert() and watch(): a process that is still being started
+    by multiprocessing is a reader re-running an unguarded main script.  It leaves
+    at once, with a status its writer recognizes, before it opens anything."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        sys.stdout.flush()
+        os._exit(EXIT_RERAN_MAIN)
+
+
+def reran_main(executor: Executor) -> bool:
+    """True when a reader of ``executor`` left through refuse_if_rerun."""
+    return any(p.exitcode == EXIT_RERAN_MAIN
+               for p in list((getattr(executor, "_processes", None) or {}).values()))
 
 
 class InlineExecutor(Executor):
@@ -42,6 +73,7 @@ def _start_method() -> str:
 
 def make_executor(jobs: int, preload: tuple[str, ...] = ()) -> Executor:
     """``jobs`` reader processes (none: read in this process), with ``preload`` imported early."""
+    refuse_if_rerun()
     if jobs <= 0:
         return InlineExecutor()
     method = _start_method()

@@ -27,7 +27,7 @@ from pathlib import Path
 from . import source
 from .pipeline import DEFAULT_JOBS, Converter, open_store
 from .progress import Display, Report
-from .readers import readers_need
+from .readers import readers_need, refuse_if_rerun
 from .signals import GracefulStop
 
 SETTLE = 2.0
@@ -118,6 +118,7 @@ def watch(directory: str | os.PathLike, dest, *, once: bool = False, settle: flo
     there and return; files still being written are left for the next run,
     and files that are settled but incomplete are reported at once.
     """
+    refuse_if_rerun()
     if not Path(directory).is_dir():
         raise source.SourceError(f"{directory}: not a directory")
     display = display or Display()
