@@ -79,10 +79,6 @@ def touched_ids(truth: Truth, ranges: list[tuple[str, int, int]]) -> set[str]:
     return out
 
 
-def index_only(ranges: list[tuple[str, int, int]]) -> bool:
-    return all(file_class(f) == "index" for f, _s, _e in ranges)
-
-
 # -- drawing a mutation for a built store ---------------------------------------------
 
 

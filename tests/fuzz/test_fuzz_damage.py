@@ -58,10 +58,10 @@ def damage_and_check(plan, data, classes: tuple[str, ...], max_mutations: int) -
 # name: (file classes damaged, most mutations per example, examples in the short run).
 # "index": only index logs and snapshots are hit, so every key must survive.
 CASES = {
-    "index": (("index",), 3, 60),
-    "segment": (("segment",), 3, 60),
+    "index": (("index",), 3, 100),
+    "segment": (("segment",), 3, 100),
     "marker": (("marker",), 1, 25),
-    "any": (("index", "segment", "marker"), 4, 60),
+    "any": (("index", "segment", "marker"), 4, 100),
 }
 
 
