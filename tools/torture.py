@@ -323,12 +323,15 @@ def run_try(kind: str, seed: int, scratch: Path, disk: SmallDisk | None):
 
 
 def parse_mix(text: str) -> list[str]:
+    """"kill=2,flip=3" -> the kinds of one round, each repeated by its weight (ValueError if bad)."""
     out = []
     for part in text.split(","):
         kind, _, weight = part.partition("=")
-        if kind not in KINDS:
-            raise SystemExit(f"torture.py: unknown fault kind {kind!r} (known: {', '.join(KINDS)})")
+        if kind not in KINDS or not (weight or "1").isdigit():
+            raise ValueError(f"bad --mix part {part!r} (kinds: {', '.join(KINDS)}; weights: counts)")
         out += [kind] * int(weight or 1)
+    if not out:
+        raise ValueError("--mix gives every kind a weight of 0")
     return out
 
 
@@ -356,7 +359,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.seconds <= 0 or args.show < 0:
         ap.error("--seconds must be > 0 and --show >= 0")
-    mix = parse_mix(args.mix)
+    try:
+        mix = parse_mix(args.mix)
+    except ValueError as exc:
+        ap.error(str(exc))
     base = args.dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
     scratch = Path(tempfile.mkdtemp(prefix="gradstore-torture-", dir=base))
     needs_disk = args.replay.startswith("enospc") if args.replay else "enospc" in mix
