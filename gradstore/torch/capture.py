@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import fnmatch
+import multiprocessing.util
 import os
 import threading
 import warnings
@@ -66,7 +67,6 @@ class CaptureStats:
 _OPEN: "weakref.WeakSet[GradientCapture]" = weakref.WeakSet()
 
 
-@atexit.register
 def _close_all() -> None:
     """A capture left open at exit still stores what it captured."""
     for capture in list(_OPEN):
@@ -74,6 +74,11 @@ def _close_all() -> None:
             capture.close()
         except Exception as exc:  # exit goes on; say why data may be missing
             warnings.warn(f"gradstore capture: closing at exit failed: {exc}")
+
+
+atexit.register(_close_all)
+# multiprocessing children (torch.multiprocessing.spawn) skip atexit but run these finalizers
+multiprocessing.util.Finalize(None, _close_all, exitpriority=10)
 
 
 def _int_set(name: str, value) -> frozenset[int] | None:

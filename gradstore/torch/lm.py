@@ -44,14 +44,15 @@ def build_model(cfg: LMConfig) -> torch.nn.Module:
 
 
 def _words(vocab: int, rng: np.random.Generator) -> list[str]:
+    """``vocab`` distinct made-up words, shortest first (frequent words are short, as in real text)."""
     syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", "gu", "he", "ji"]
     out, seen = [], set()
     while len(out) < vocab:
-        w = "".join(rng.choice(syllables, rng.integers(1, 4)))
+        w = "".join(rng.choice(syllables, rng.integers(1, 7)))
         if w not in seen:
             seen.add(w)
             out.append(w)
-    return out
+    return sorted(out, key=len)
 
 
 def generate_text(vocab: int, n_tokens: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
