@@ -32,6 +32,13 @@ shared pages counted once) plus the converter's spool on tmpfs, sampled
 every 100 ms.  Targets (issue 4): gradstore -j 2 at least 2x the hdf5 path;
 peak RSS at most 3x the largest bucket.
 
+``--writer-read`` measures the writer's side alone, on the same files: the
+bytes a reader found in a source are taken either with pread into memory
+(what the writer does, so that a source truncated under it is a short read)
+or from a map of the source (what it did before: no copy, but a SIGBUS that
+kills the writer when the file is truncated meanwhile); each then checksummed
+again and written into a fresh store, the two ways taking turns.
+
 Output on a slow disk measures the disk: both paths then run at its fsync
 rate, and the ratio is the ratio of bytes written.  --outdir /dev/shm takes
 the disk out.
@@ -345,6 +352,63 @@ def warm(src: Path) -> None:
                 pass
 
 
+def _from_map(batch):
+    """The writer before: read-only views of a map of the source (SIGBUS if it shrinks)."""
+    from gradstore.convert.transfer import FileMap
+    refs = [r for r in batch.refs if r.in_source]
+    fd = os.open(batch.source, os.O_RDONLY)
+    try:
+        m = FileMap(fd, min(r.offset for r in refs), max(r.offset + r.nbytes for r in refs),
+                    sum(r.nbytes for r in refs))
+    finally:
+        os.close(fd)
+    return m, [(r, m.view(r.dtype, r.shape, r.offset)) for r in refs]
+
+
+def _from_pread(batch):
+    """The writer now: the same bytes read with pread (a short read if the file shrinks)."""
+    from gradstore.convert.transfer import _read_source
+    copies = _read_source(batch)
+    return None, [(r, copies[i]) for i, r in enumerate(batch.refs) if r.in_source]
+
+
+def writer_read(src: Path, out: Path, rounds: int) -> None:
+    """Time the writer's two ways to take source bytes, side by side (see the docstring)."""
+    import gradstore
+    from gradstore.convert.source import Part
+    from gradstore.convert.spool import Spool
+    from gradstore.convert.worker import read_part
+    files = sorted(src.glob("*.pt"))
+    with Spool() as spool:
+        batches = [read_part(Part(str(f), "pt"), None, str(spool.path)) for f in files]
+    assert all(b.file is None for b in batches), "every tensor should sit in its source"
+    nbytes = sum(b.nbytes for b in batches)
+    times: dict[str, list[float]] = {"map": [], "pread": []}
+    ways = {"map": _from_map, "pread": _from_pread}
+    for i in range(rounds):
+        for name in (("map", "pread") if i % 2 == 0 else ("pread", "map")):
+            drop_output(out)
+            warm(src)
+            with gradstore.open(out / "w.gs", "w") as gs:
+                t0 = time.perf_counter()
+                for b in batches:
+                    m, pairs = ways[name](b)
+                    for r, arr in pairs:
+                        assert gradstore.checksum(arr) == r.checksum
+                        gs.write(r.key, arr)
+                    del pairs, arr
+                    if m is not None:
+                        m.close()
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"bench_convert --writer-read: {len(files)} files, {nbytes / MiB:.0f} MiB, output on "
+          f"{_fs_of(out)}; median of {rounds} rounds, taking turns")
+    for name in ways:
+        print(f"  {name:<6} {med[name]:7.3f} s  {nbytes / MiB / med[name]:7.0f} MiB/s")
+    print(f"pread / map time: {med['pread'] / med['map']:.3f} "
+          f"(each round: {', '.join(f'{p / m:.3f}' for p, m in zip(times['pread'], times['map']))})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=48)
@@ -357,6 +421,9 @@ def main() -> None:
     ap.add_argument("--outdir", type=Path,
                     help="where the store and the pack go (default: WORKDIR/out); /dev/shm takes "
                          "the disk out of the measurement")
+    ap.add_argument("--writer-read", action="store_true",
+                    help="only time the writer taking source bytes by pread against a map of "
+                         "the source (--repeat rounds)")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-convert-"))
@@ -369,6 +436,9 @@ def main() -> None:
         largest = measure(["generate", str(src), str(out), str(args.files), str(args.bucket_mb),
                            args.dtype, str(args.hidden)])["largest"]
         total = sum(p.stat().st_size for p in src.glob("*.pt"))
+        if args.writer_read:
+            writer_read(src, out, max(args.repeat, 2))
+            return
         idle_reader = measure(["idle", str(src), str(out), "reader"])["rss"]
         idle_writer = measure(["idle", str(src), str(out), "writer"])["rss"]
         reader = measure(["reader", str(src), str(out)])["growth"]

@@ -11,11 +11,11 @@ import sys
 
 from .. import dtypes
 from ..errors import GradstoreError
+from ..progress import EXIT_INTERRUPTED, exit_on_interrupt
 from .source import one_line
 
 EXIT_FAILED = 1
 EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 FLOAT_DTYPES = [n for n in dtypes.NAMES if n.startswith(("float", "bfloat"))]
 
 
@@ -61,6 +61,10 @@ def build_convert_parser(prog: str = "gradstore-convert") -> argparse.ArgumentPa
 
 def convert_main(argv: list[str] | None = None, prog: str = "gradstore-convert") -> int:
     """Entry point of ``gradstore-convert`` and ``gradstore convert``."""
+    return exit_on_interrupt(prog, lambda: _convert(argv, prog), leaving=argv is None)
+
+
+def _convert(argv: list[str] | None, prog: str) -> int:
     parser = build_convert_parser(prog)
     args = parser.parse_args(argv)
     if args.watch is not None and len(args.paths) != 1:
@@ -85,9 +89,6 @@ def convert_main(argv: list[str] | None = None, prog: str = "gradstore-convert")
         else:
             from .pipeline import convert
             report = convert(args.paths[:-1], args.paths[-1], **common)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except (GradstoreError, OSError, ValueError) as exc:
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
@@ -95,7 +96,11 @@ def convert_main(argv: list[str] | None = None, prog: str = "gradstore-convert")
         display.bar.close()
     if report.errors:
         return EXIT_FAILED
-    return EXIT_INTERRUPTED if report.interrupted else 0
+    if report.interrupted:
+        if args.quiet:   # else the summary says so
+            print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
 
 
 def build_export_parser(prog: str = "gradstore export") -> argparse.ArgumentParser:
@@ -116,6 +121,10 @@ def build_export_parser(prog: str = "gradstore export") -> argparse.ArgumentPars
 
 def export_main(argv: list[str] | None = None, prog: str = "gradstore export") -> int:
     """Entry point of ``gradstore export``."""
+    return exit_on_interrupt(prog, lambda: _export(argv, prog), leaving=argv is None)
+
+
+def _export(argv: list[str] | None, prog: str) -> int:
     from ..cli import filters_of
     parser = build_export_parser(prog)
     args = parser.parse_args(argv)
@@ -133,9 +142,6 @@ def export_main(argv: list[str] | None = None, prog: str = "gradstore export") -
     try:
         report = export(args.path, args.to, format=args.format, pack_size=pack_size,
                         progress=bar.update, **filters_of(args))
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except ImportError as exc:
         print(f"{prog}: error: --format {args.format} needs {exc.name or 'a missing package'} "
               f"(pip install 'gradstore[all]')", file=sys.stderr)
