@@ -221,11 +221,29 @@ def unpack(batch: Batch) -> Iterator[list[tuple[Ref, np.ndarray]]]:
                 if r.nbytes else _view(b"", r.dtype, r.shape, 0)) for i, r in enumerate(batch.refs)]
 
 
+class _Scratch:
+    """The writer's buffer for source bytes, kept from batch to batch: fresh memory for
+    every batch would cost a page fault (and a page of zeroes) per 4 KiB."""
+
+    def __init__(self) -> None:
+        self.buf = np.empty(0, np.uint8)
+
+    def get(self, nbytes: int) -> np.ndarray:
+        if self.buf.size < nbytes:
+            self.buf = np.empty(0, np.uint8)   # let the old one go first
+            self.buf = np.empty(nbytes, np.uint8)
+        return self.buf
+
+
+_scratch = _Scratch()
+
+
 def _read_source(batch: Batch) -> dict[int, np.ndarray]:
     """{index: array} of the batch's tensors that sit in its source, read with pread.
 
     The file must be the version the reader read, before and after: a file
-    truncated or rewritten meanwhile is a SourceError, never a SIGBUS.
+    truncated or rewritten meanwhile is a SourceError, never a SIGBUS.  The
+    arrays share one buffer that the next batch reuses: they are valid until then.
     """
     path = batch.source
     try:
@@ -236,12 +254,16 @@ def _read_source(batch: Batch) -> dict[int, np.ndarray]:
         if stat_of(fd) != batch.stat:
             raise SourceError(f"{path}: changed after it was read (its size or modification "
                               "time differ); not stored")
+        wanted = [(i, r) for i, r in enumerate(batch.refs) if r.in_source and r.nbytes]
+        starts, size = [], 0
+        for _, r in wanted:
+            starts.append(size)
+            size = align(size + r.nbytes)
+        buf = _scratch.get(size)
         out = {}
-        for i, r in enumerate(batch.refs):
-            if r.in_source and r.nbytes:
-                buf = np.empty(r.nbytes, np.uint8)
-                _pread_all(fd, memoryview(buf), r.offset, path, r.key)
-                out[i] = _view(buf, r.dtype, r.shape, 0)
+        for (i, r), start in zip(wanted, starts, strict=True):
+            _pread_all(fd, memoryview(buf[start:start + r.nbytes]), r.offset, path, r.key)
+            out[i] = _view(buf, r.dtype, r.shape, start)
         if stat_of(fd) != batch.stat:
             raise SourceError(f"{path}: changed while it was being stored (its size or "
                               "modification time differ); not stored")
