@@ -18,7 +18,10 @@ before storing it, so such a change is reported and not stored.  The writer
 reads sources with pread and never maps them: a mapped file truncated by
 another process kills whoever touches the lost pages with SIGBUS, which
 Python cannot catch; a pread comes back short instead.  (Spool files are the
-converter's own, so mapping them is safe.)
+converter's own, so mapping them is safe.)  Readers do map sources (torch.load
+with mmap, safetensors, the checksums below): a reader killed that way fails
+only the file that changed under it (see pipeline), but with ``jobs=0`` the
+reading happens in the writer's process, which is then not protected.
 """
 from __future__ import annotations
 
