@@ -95,6 +95,8 @@ def _check_size(path, dpath: str, ds, nbytes: int, file_size: int, budget: int) 
     """SourceError when a dataset declares more than a reader can hold, or (stored
     without a filter) more than the whole file: a crafted or damaged header, which
     would otherwise be read whole before anything notices."""
+    if nbytes <= min(budget, file_size):
+        return
     declared = (f"dataset {dpath} declares {human_bytes(nbytes)} "
                 f"({'x'.join(map(str, ds.shape))} {ds.dtype})")
     if nbytes > budget:

@@ -47,3 +47,20 @@ def test_a_dataset_declaring_too_much_fails_its_file_whole(src, dest, huge, why)
     for k, v in GOOD.items():
         assert got[k].tobytes() == v.tobytes()
     assert (src / "bad.h5").stat().st_size < 1 << 20   # left as it was
+
+
+def test_the_size_check_leaves_empty_and_scalar_datasets_to_the_reader(src, dest):
+    """No dataspace, a scalar, zero elements: nothing to check against, and no crash."""
+    with h5py.File(src / "odd.h5", "w") as f:
+        f.create_dataset("R_0_E_0_S_0/B_0/e.weight", data=h5py.Empty("f4"))
+    with h5py.File(src / "fine.h5", "w") as f:
+        f.create_dataset("R_0_E_0_S_1/B_0/s.weight", data=np.float32(3))
+        f.create_dataset("R_0_E_0_S_1/B_0/z.weight", data=np.zeros((0, 4), np.float32))
+    res = run_cli(src / "odd.h5", src / "fine.h5", dest, "-q")
+    assert res.returncode == 1, res.stderr
+    errors = error_lines(res.stderr)
+    assert len(errors) == len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "odd.h5" in errors[0] and "empty (no dataspace)" in errors[0], errors
+    got = store_contents(dest)
+    assert sorted(got) == ["R_0_E_0_S_1_B_0/s.weight", "R_0_E_0_S_1_B_0/z.weight"]
+    assert got["R_0_E_0_S_1_B_0/s.weight"].shape == () and got["R_0_E_0_S_1_B_0/z.weight"].shape == (0, 4)
