@@ -8,6 +8,8 @@ run. Each rank holds three identical DDP models, one per way:
   save     the old way: a hook that torch.save()s a {name: gradient} dict per bucket
            to R_{r}_E_{e}_S_{s}_B_{b}.pt, then all-reduces
   capture  gradstore.torch.GradientCapture (default all-reduce)
+  loop     with --loop: the hook as often found in the wild, whose torch.save sits inside
+           the per-parameter loop, so each bucket file is rewritten once per parameter
 
 and trains them in turns, ``--block`` steps each, for ``--rounds`` rounds
 (the order rotates every round), so a slow phase of a shared machine hits
@@ -47,8 +49,24 @@ def save_hook(directory: str, names: dict, rank: int, counter: list):
     return hook
 
 
+def loop_save_hook(directory: str, names: dict, rank: int, counter: list):
+    """The same, with the save inside the per-parameter loop."""
+    import torch
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    def hook(state, bucket):
+        grads = {}
+        for p, g in zip(bucket.parameters(), bucket.gradients()):
+            grads[names[id(p)]] = g
+            torch.save(grads, f"{directory}/R_{rank}_E_0_S_{counter[0]}_B_{bucket.index()}.pt")
+        if bucket.is_last():
+            counter[0] += 1
+        return allreduce_hook(state, bucket)
+    return hook
+
+
 def rank_main(rank: int, world_size: int, root: str, cfg, rounds: int, block: int,
-              warmup: int) -> dict:
+              warmup: int, modes: tuple[str, ...]) -> dict:
     import torch
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -56,20 +74,21 @@ def rank_main(rank: int, world_size: int, root: str, cfg, rounds: int, block: in
     from gradstore.torch.lm import batches, build_model
 
     ways, capture = {}, None
-    for mode in MODES:
+    for mode in modes:
         model = build_model(cfg)
         ddp = DDP(model)
-        if mode == "save":
+        if mode in ("save", "loop"):
             names = {id(p): n for n, p in model.named_parameters()}
-            os.makedirs(f"{root}/save", exist_ok=True)
-            ddp.register_comm_hook(None, save_hook(f"{root}/save", names, rank, [0]))
+            os.makedirs(f"{root}/{mode}", exist_ok=True)
+            make = save_hook if mode == "save" else loop_save_hook
+            ddp.register_comm_hook(None, make(f"{root}/{mode}", names, rank, [0]))
         elif mode == "capture":
             capture = GradientCapture(f"{root}/capture.gs")
             capture.register(ddp)
         ways[mode] = (ddp, torch.optim.AdamW(ddp.parameters(), lr=cfg.lr))
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     data = list(batches(cfg, rank, world_size, warmup + rounds * block))
-    seconds: dict[str, list[float]] = {m: [] for m in MODES}
+    seconds: dict[str, list[float]] = {m: [] for m in modes}
 
     def run(mode: str, xs) -> float:
         ddp, opt = ways[mode]
@@ -82,11 +101,12 @@ def rank_main(rank: int, world_size: int, root: str, cfg, rounds: int, block: in
             capture.flush()
         return time.perf_counter() - t0
 
-    for mode in MODES:
+    for mode in modes:
         run(mode, data[:warmup])
     for r in range(rounds):
         xs = data[warmup + r * block:warmup + (r + 1) * block]
-        for mode in MODES[r % 3:] + MODES[:r % 3]:
+        k = r % len(modes)
+        for mode in modes[k:] + modes[:k]:
             seconds[mode].append(run(mode, xs) / block)
     capture.close()
     return {"seconds": seconds, "grad_bytes": grad_bytes * (warmup + rounds * block)}
@@ -106,6 +126,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="each way trains once per round")
     ap.add_argument("--block", type=int, default=4, help="steps per way per round")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per way first")
+    ap.add_argument("--loop", action="store_true",
+                    help="also time the hook whose torch.save sits inside the per-parameter loop")
     ap.add_argument("--dir", help="scratch directory (default: a temporary one, removed)")
     args = ap.parse_args()
 
@@ -121,25 +143,30 @@ def main() -> None:
           f"{args.rounds} rounds of {args.block} steps per way, after {args.warmup} warm-up step(s)",
           flush=True)
     try:
-        res = spawn(rank_main, 2, str(scratch), cfg, args.rounds, args.block, args.warmup, threads=1)
+        modes = MODES + ("loop",) if args.loop else MODES
+        res = spawn(rank_main, 2, str(scratch), cfg, args.rounds, args.block, args.warmup, modes,
+                    threads=1)
         grads = sum(r["grad_bytes"] for r in res)
         sizes = {"save": disk_bytes(scratch / "save"), "capture": disk_bytes(scratch / "capture.gs")}
     finally:
         if not args.dir:
             shutil.rmtree(scratch, ignore_errors=True)
     # per round, the slower rank's time (ranks wait for each other at every all-reduce)
-    per_round = {m: [max(r["seconds"][m][i] for r in res) for i in range(args.rounds)] for m in MODES}
+    per_round = {m: [max(r["seconds"][m][i] for r in res) for i in range(args.rounds)] for m in modes}
     med = {m: statistics.median(v) for m, v in per_round.items()}
     ratio_c = statistics.median(c / n for c, n in zip(per_round["capture"], per_round["none"]))
     ratio_s = statistics.median(s / n for s, n in zip(per_round["save"], per_round["none"]))
     ratio_sc = statistics.median(s / c for s, c in zip(per_round["save"], per_round["capture"]))
     print(f"\n{'way':8s} {'s/step (median of rounds)':>26s}   per round")
-    for m in MODES:
+    for m in modes:
         print(f"{m:8s} {med[m]:26.3f}   {' '.join(f'{v:.3f}' for v in per_round[m])}")
     over_c, over_s = med["capture"] - med["none"], med["save"] - med["none"]
     print(f"\ncapture / none   {ratio_c:.3f}x step time (median of per-round ratios; target <= 1.10)")
     print(f"save / none      {ratio_s:.3f}x")
     print(f"save / capture   {ratio_sc:.3f}x step time (target >= 2)")
+    if args.loop:
+        ratio_lc = statistics.median(s / c for s, c in zip(per_round["loop"], per_round["capture"]))
+        print(f"loop / capture   {ratio_lc:.3f}x step time")
     print(f"overhead per step over none: save {over_s * 1000:+.0f} ms, capture {over_c * 1000:+.0f} ms"
           + (f" (capture's is {over_s / over_c:.1f}x smaller)" if over_c > 0 and over_s > 0 else ""))
     for m, disk in sizes.items():
