@@ -13,7 +13,7 @@ import numpy as np
 
 from . import keys as keys_mod
 from .errors import GradstoreError
-from .progress import human_bytes
+from .progress import exit_on_interrupt, human_bytes
 from .maintenance import compact, repair
 from .store import open_store
 
@@ -33,6 +33,20 @@ def int_filter(text: str):
         return keys_mod.parse_int_filter(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def count(minimum: int = 1):
+    """An argparse type for a count: a whole number of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {n}")
+        return n
+    parse.__name__ = "count"   # what argparse names in its messages
+    return parse
 
 
 def add_filters(p: argparse.ArgumentParser) -> None:
@@ -96,7 +110,7 @@ def _span(values: list[int]) -> str:
 
 def cmd_get(args) -> int:
     with open_store(args.path) as gs:
-        arr = gs.get(args.key, verify=True)
+        arr = gs.read(args.key, verify=True)
         if args.output.endswith(".npy"):
             if arr.dtype.name == "bfloat16":
                 print("gradstore: note: .npy has no bfloat16; widened to float32 (exact)", file=sys.stderr)
@@ -192,6 +206,31 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from . import demo
+    problem = demo.check_dependencies()
+    if problem:
+        print(f"gradstore: error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.steps < 1:
+        print("gradstore: error: --steps must be at least 1", file=sys.stderr)
+        return EXIT_ERROR
+    if os.path.exists(args.path):
+        print(f"gradstore: error: {args.path} already exists; remove it or name another store",
+              file=sys.stderr)
+        return EXIT_ERROR
+    demo.run(args.path, steps=args.steps, dtype=args.dtype, codecs=args.capture_codec or ())
+    codecs = args.codec or list(demo.CODECS)
+    report = ["report", args.path, *(a for c in codecs for a in ("--codec", c)), "--group-by", "rank"]
+    for argv in (["info", args.path], report):
+        print(f"\n$ gradstore {' '.join(argv)}", flush=True)
+        if main(argv):
+            return EXIT_ERROR
+    print()
+    demo.plot(args.path, codecs, out_dir=args.plots or os.path.dirname(os.path.abspath(args.path)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="gradstore", description="Store and study DDP gradients.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -233,21 +272,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", action="append", help="codec spec (repeatable)")
     p.add_argument("--group-by", help="comma list of rank,epoch,step,bucket,module")
     p.add_argument("--csv", help="also write every column to this CSV file")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("-j", "--jobs", type=count(1), default=1, help="worker processes (default 1)")
     add_filters(p)
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("synth", help="write a realistic synthetic gradient run (for trying gradstore)")
     p.add_argument("path")
-    p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--ranks", type=count(1), default=2)
+    p.add_argument("--epochs", type=count(1), default=1)
+    p.add_argument("--steps", type=count(1), default=4)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=count(1), default=512)
+    p.add_argument("--layers", type=count(1), default=4)
     p.add_argument("--bucket-size", default="25MB", help="DDP bucket cap (default 25MB)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count(0), default=0)
     p.set_defaults(run=cmd_synth)
+
+    p = sub.add_parser("demo", help="train a small LLM with DDP on CPU, capture its gradients, report")
+    p.add_argument("path", nargs="?", default="demo.gs", help="new store to create (default demo.gs)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--codec", action="append", help="codec spec for the report (repeatable)")
+    p.add_argument("--capture-codec", action="append", help="also store this variant while training")
+    p.add_argument("--plots", help="directory for the PNG plots (default: next to the store)")
+    p.set_defaults(run=cmd_demo)
 
     # convert and export parse their own arguments (gradstore/convert/cli.py);
     # they are listed here for --help.
@@ -264,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``gradstore``: a Ctrl-C at any moment ends it with one line and status 130."""
+    return exit_on_interrupt("gradstore", lambda: _main(argv), leaving=argv is None)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["convert"]:
         from .convert.cli import convert_main

@@ -160,8 +160,17 @@ class Store:
                         pass  # compacted since: the general path follows it
         return self._view(self.entry(key))
 
-    def get(self, key: str, verify: bool = False) -> np.ndarray:
-        """Like ``store[key]``; with ``verify=True`` the payload checksum is checked first."""
+    def get(self, key: str, default=None):
+        """``store[key]``, or ``default`` if the key is not stored (as ``dict.get``)."""
+        self._check_open()
+        e = self._find(fmt.KIND_TENSOR, key) if isinstance(key, str) else None
+        return default if e is None else self._view(e)
+
+    def read(self, key: str, *, verify: bool = True) -> np.ndarray:
+        """``store[key]`` after checking the payload's checksum (ChecksumError if it fails).
+
+        Reads every byte of the payload once; ``verify=False`` is ``store[key]``.
+        """
         e, arr = self._located_view(self.entry(key))
         if verify:
             self._verify_payload(e, arr)
@@ -172,19 +181,53 @@ class Store:
             raise ChecksumError(f"checksum mismatch: key {e.key!r} in {e.segment} at offset "
                                 f"{e.offset}", key=e.key, segment=e.segment, offset=e.offset)
 
-    def torch(self, key: str, verify: bool = False):
-        """A torch tensor sharing memory with the mapped segment (bf16 included).
+    def torch(self, key: str, *, copy: bool = False, verify: bool = False):
+        """A writable torch tensor of ``key`` (bf16 stays bf16) that can never write the store.
 
-        The mapping is read-only; writing to the tensor is not allowed.
+        By default the record's pages are mapped copy-on-write: no copy for
+        reads, and an in-place op copies only the pages it touches, privately
+        (payloads under 64 KiB are copied: that is cheaper than a mapping).
+        ``copy=True`` returns an ordinary tensor owning a copy.  ``verify=True``
+        checks the checksum of the bytes returned.
         """
-        from .torch.convert import buffer_to_tensor
-        e, m = self._mapping(self.entry(key))
+        from .torch.convert import MAP_MIN_BYTES, array_to_tensor, tensor_to_numpy
+        e = self.entry(key)
+        if copy or e.payload_len < MAP_MIN_BYTES:
+            e, arr = self._located_view(e)
+            t = array_to_tensor(arr)
+        else:
+            e, t = self._file_tensor(e)
         if verify:
-            self._verify_payload(e, self._view(e))
-        return buffer_to_tensor(m, e.dtype, e.shape, e.payload_offset)
+            self._verify_payload(e, tensor_to_numpy(t))
+        return t
+
+    def _file_tensor(self, e: Entry):
+        """(the entry as found, a private copy-on-write tensor over its payload)."""
+        from .torch.convert import file_tensor
+        e, _ = self._mapping(e)  # follows a compaction, checks the segment's size
+        try:
+            return e, file_tensor(os.path.join(self.path, e.segment), e.dtype, e.shape, e.payload_offset)
+        except FileNotFoundError:
+            self.refresh()  # compacted since our map of it was made
+            e, _ = self._mapping(self._find(e.kind, e.id) or e)
+            return e, file_tensor(os.path.join(self.path, e.segment), e.dtype, e.shape, e.payload_offset)
 
     def __contains__(self, key: object) -> bool:
+        self._check_open()
         return isinstance(key, str) and self._find(fmt.KIND_TENSOR, key) is not None
+
+    def items(self, **filters) -> Iterator[tuple[str, np.ndarray]]:
+        """(key, view) pairs in natural order; takes the filters of :meth:`keys`.
+
+        The keys are chosen now, the views made one at a time as the pairs are consumed.
+        """
+        keys = self.keys(**filters)
+        return ((k, self[k]) for k in keys)
+
+    def values(self, **filters) -> Iterator[np.ndarray]:
+        """Views in the natural order of their keys; takes the filters of :meth:`keys`."""
+        keys = self.keys(**filters)
+        return (self[k] for k in keys)
 
     def _all_keys(self) -> list[str] | dict:
         nss = list(self._namespaces.values())
@@ -387,3 +430,9 @@ def open_store(path: str | os.PathLike, mode: str = "r", *, rank: int | None = N
                segment_size: int | str | None = None, fsync: bool = False) -> Store:
     """Open a store: "r" read (default), "a" read/write/create, "w" truncate, "x" create new."""
     return Store(path, mode, rank=rank, segment_size=segment_size, fsync=fsync)
+
+
+# A read-only mapping of key -> array, as h5py and zarr users expect.  Registered,
+# not inherited: keys() takes filters and returns a list, and the mixins would
+# compare stores by content.
+Mapping.register(Store)

@@ -16,3 +16,14 @@ def fast_tmp(tmp_path):
     d, cleanup = cw.scratch_dir(tmp_path)
     yield d
     cleanup()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", default=False,
+                     help="run the fuzz suite (tests/fuzz) for minutes instead of seconds")
+
+
+@pytest.fixture
+def long_run(request) -> bool:
+    """True under ``pytest --long``: property tests draw many more examples."""
+    return request.config.getoption("--long")

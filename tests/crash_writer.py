@@ -399,7 +399,7 @@ def content_problems(store, committed: dict[str, int], inflight: dict[str, int],
             problems.append(f"lost key {key!r}")
     for key in sorted(keys):
         try:
-            arr = store.get(key, verify=True)
+            arr = store.read(key, verify=True)
         except ChecksumError as exc:
             problems.append(f"corrupt read: {exc}")
             continue

@@ -151,7 +151,7 @@ def test_reader_beside_a_live_writer(fast_tmp, rotate):
                                 f"are not visible, e.g. {missing[:3]}")
             for key in keys:
                 try:
-                    arr = reader.get(key, verify=True)
+                    arr = reader.read(key, verify=True)
                 except (gradstore.ChecksumError, FileNotFoundError) as exc:
                     problems.append(f"round {rounds}: get({key!r}) raised {exc!r}")
                     continue
@@ -210,7 +210,7 @@ def test_reader_refresh_across_two_log_rotations(fast_tmp):
     missing = sorted(set(truth) - set(reader.keys()))
     assert not missing, (f"after refresh() the reader misses {len(missing)} of {len(truth)} keys, "
                          f"e.g. {missing[:3]} (logs now: {logs})")
-    assert all(cw.same(reader.get(k, verify=True), v) for k, v in truth.items())
+    assert all(cw.same(reader.read(k, verify=True), v) for k, v in truth.items())
     reader.close()
 
 
@@ -308,7 +308,7 @@ def test_second_writer_from_another_process_is_refused(fast_tmp, how):
         assert status == 0
         with gradstore.open(plan["store"], "a") as w:
             w.write("after", np.ones(2))
-            assert cw.same(w.get("held/a", verify=True), cw.expected("held/a", 0))
+            assert cw.same(w.read("held/a", verify=True), cw.expected("held/a", 0))
     finally:
         go.touch()
         if pid is not None:
@@ -330,7 +330,7 @@ def test_lock_of_a_killed_writer_is_released(fast_tmp):
     os.kill(pid, signal.SIGKILL)
     wait_exit(pid)
     with gradstore.open(plan["store"], "a") as w:
-        assert cw.same(w.get("held/a", verify=True), cw.expected("held/a", 0))
+        assert cw.same(w.read("held/a", verify=True), cw.expected("held/a", 0))
         w.write("after", np.ones(2))
 
 
@@ -368,7 +368,7 @@ def test_ranks_write_concurrently_and_a_reader_sees_the_union(fast_tmp):
             for key in keys:
                 r = rank_of(key)
                 try:
-                    arr = reader.get(key, verify=True)
+                    arr = reader.read(key, verify=True)
                 except (gradstore.ChecksumError, FileNotFoundError) as exc:
                     problems.append(f"get({key!r}) raised {exc!r}")
                     continue
@@ -466,7 +466,7 @@ def test_compaction_while_a_reader_holds_views(fast_tmp):
     assert torch_view.numpy().tobytes() == copies[sorted(truth)[1]].tobytes()
     reader.refresh()
     assert set(reader.keys()) == set(truth)
-    assert all(cw.same(reader.get(k, verify=True), v) for k, v in truth.items())
+    assert all(cw.same(reader.read(k, verify=True), v) for k, v in truth.items())
     assert reader.verify() == []
     w.close()
     reader.close()
@@ -488,7 +488,7 @@ def test_reader_after_two_compactions(fast_tmp):
     reader.refresh()
     missing = sorted(set(truth) - set(reader.keys()))
     assert not missing, f"refresh() missed keys written after two rotations: {missing}"
-    assert all(cw.same(reader.get(k, verify=True), v) for k, v in truth.items())
+    assert all(cw.same(reader.read(k, verify=True), v) for k, v in truth.items())
     w.close()
     reader.close()
 
@@ -507,7 +507,7 @@ def test_verified_read_of_a_record_compacted_away_under_the_reader(fast_tmp, rea
     w.write("k", new, overwrite=True)
     w.compact()  # data-000000 is gone
     if read == "get":
-        got = reader.get("k", verify=True)
+        got = reader.read("k", verify=True)
     else:
         got = reader.torch("k", verify=True).numpy()
     assert cw.same(got, new) or cw.same(got, old)

@@ -378,11 +378,11 @@ def test_failed_write_leaves_the_store_writable(fast_tmp, monkeypatch, where):
             monkeypatch.setattr(os, fn, f)
         assert "b" not in gs
         gs.write("c", c)
-        assert cw.same(gs.get("c", verify=True), c)
+        assert cw.same(gs.read("c", verify=True), c)
     with gradstore.open(path, "r") as r:
         assert sorted(r.keys()) == ["a", "c"]
         assert r.verify() == []
-        assert cw.same(r.get("a", verify=True), a) and cw.same(r.get("c", verify=True), c)
+        assert cw.same(r.read("a", verify=True), a) and cw.same(r.read("c", verify=True), c)
 
 
 # -- damage: bit flips, lost or damaged index files -------------------------------------------
@@ -412,7 +412,7 @@ def written_store(template_store, fast_tmp) -> tuple[str, dict[str, np.ndarray]]
 
 def assert_all_exact(store, truth: dict[str, np.ndarray]) -> None:
     assert set(store.keys()) == set(truth)
-    bad = [k for k, v in truth.items() if not cw.same(store.get(k, verify=True), v)]
+    bad = [k for k, v in truth.items() if not cw.same(store.read(k, verify=True), v)]
     assert not bad, f"{len(bad)} keys differ, e.g. {bad[:3]}"
 
 
@@ -430,7 +430,7 @@ def test_bit_flip_in_a_payload_is_found(written_store):
     for mode in ("r", "a"):
         with gradstore.open(path, mode, rank=1 if mode == "a" else None) as gs:
             with pytest.raises(gradstore.ChecksumError) as exc:
-                gs.get(key, verify=True)
+                gs.read(key, verify=True)
             err = exc.value
             assert (err.key, err.segment, err.offset) == (key, e.segment, e.offset)
             assert key in str(err) and e.segment in str(err) and str(e.offset) in str(err)
@@ -439,7 +439,7 @@ def test_bit_flip_in_a_payload_is_found(written_store):
             problems = gs.verify()
             assert [(p.key, p.segment, p.offset) for p in problems] == [(key, e.segment, e.offset)]
             others = {k: v for k, v in truth.items() if k != key}
-            assert all(cw.same(gs.get(k, verify=True), v) for k, v in others.items())
+            assert all(cw.same(gs.read(k, verify=True), v) for k, v in others.items())
 
 
 def _delete_index(path: str) -> None:
@@ -560,4 +560,4 @@ def test_sigkill_between_a_large_payload_and_its_header(fast_tmp):
         gs.write("big", big)
     with gradstore.open(path) as gs:
         assert gs.verify() == []
-        assert cw.same(gs.get("big", verify=True), big) and cw.same(gs.get("small", verify=True), small)
+        assert cw.same(gs.read("big", verify=True), big) and cw.same(gs.read("small", verify=True), small)

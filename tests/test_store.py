@@ -45,7 +45,7 @@ def test_round_trip_every_dtype_and_shape(tmp_path):
     with gradstore.open(path) as gs:
         assert len(gs) == len(written)
         for key, want in written.items():
-            got = gs.get(key, verify=True)
+            got = gs.read(key, verify=True)
             assert got.dtype == want.dtype, key
             assert got.shape == want.shape, key
             assert bits(got) == bits(want), key
@@ -81,7 +81,8 @@ def test_reads_are_zero_copy_views_of_the_mapping(tmp_path):
     assert v[3, 7] == 307  # views outlive the store object
 
 
-def test_torch_view_shares_memory_bf16(tmp_path):
+def test_torch_view_bf16(tmp_path):
+    """More in tests/test_torch_views.py: private copy-on-write mappings, in-place ops."""
     torch = pytest.importorskip("torch")
     t = torch.randn(64, 32).to(torch.bfloat16)
     with gradstore.open(tmp_path / "t.gs", "a") as gs:
@@ -90,8 +91,6 @@ def test_torch_view_shares_memory_bf16(tmp_path):
     gs = gradstore.open(tmp_path / "t.gs")
     got = gs.torch("R_1_E_0_S_0_B_0/w")
     assert got.dtype == torch.bfloat16 and torch.equal(got, t)
-    view = gs["R_1_E_0_S_0_B_0/w"]
-    assert got.data_ptr() == view.ctypes.data
     assert gs.torch("R_1_E_0_S_0_B_0/empty").shape == (0, 3)
 
 
@@ -204,7 +203,7 @@ def test_missing_key_and_overwrite(tmp_path):
         assert after < before
         assert np.array_equal(gs["R_0_E_0_S_0_B_0/w"], np.ones(4))
     with gradstore.open(path) as gs:
-        assert len(gs) == 1 and np.array_equal(gs.get("R_0_E_0_S_0_B_0/w", verify=True), np.ones(4))
+        assert len(gs) == 1 and np.array_equal(gs.read("R_0_E_0_S_0_B_0/w", verify=True), np.ones(4))
         assert gs.verify() == []
 
 
@@ -303,11 +302,11 @@ def test_bit_flip_is_detected(tmp_path):
     with gradstore.open(path) as gs:
         gs["R_0_E_0_S_0_B_0/b"]  # plain reads do not verify
         with pytest.raises(gradstore.ChecksumError) as info:
-            gs.get("R_0_E_0_S_0_B_0/b", verify=True)
+            gs.read("R_0_E_0_S_0_B_0/b", verify=True)
         err = info.value
         assert err.key == "R_0_E_0_S_0_B_0/b" and err.segment == "main/data-000000.bin"
         assert err.offset == e.offset and str(e.offset) in str(err)
-        gs.get("R_0_E_0_S_0_B_0/a", verify=True)
+        gs.read("R_0_E_0_S_0_B_0/a", verify=True)
         problems = gs.verify()
         assert [p.key for p in problems] == ["R_0_E_0_S_0_B_0/b"]
 
@@ -343,7 +342,7 @@ def test_index_damage_rebuilds_from_segments(tmp_path, damage):
     assert gradstore.repair(path) == {"main": len(want)}
     with gradstore.open(path) as gs:
         for k, a in want.items():
-            assert np.array_equal(gs.get(k, verify=True), a), k
+            assert np.array_equal(gs.read(k, verify=True), a), k
     # and so does opening in "a" mode
     for p in list(ns.glob("index*")):
         p.unlink()
@@ -441,7 +440,7 @@ def test_golden_store_reads_and_writes_the_same_bytes(tmp_path):
     with gradstore.open(golden) as gs:
         assert sorted(gs.keys()) == sorted(EXPECTED)
         for key, arr in expected_arrays().items():
-            got = gs.get(key, verify=True)
+            got = gs.read(key, verify=True)
             assert got.dtype == arr.dtype and got.shape == arr.shape and bits(got) == bits(arr), key
         assert gs.verify() == []
     fresh = tmp_path / "v1.gs"
@@ -469,7 +468,7 @@ def test_appending_across_many_sessions(tmp_path):
         with gradstore.open(path) as gs:
             assert gs.verify() == []
             for k, a in want.items():
-                assert bits(gs.get(k, verify=True)) == bits(a) and gs[k].dtype == a.dtype, k
+                assert bits(gs.read(k, verify=True)) == bits(a) and gs[k].dtype == a.dtype, k
 
 
 def test_rebuild_skips_a_damaged_record_header(tmp_path):
@@ -486,7 +485,7 @@ def test_rebuild_skips_a_damaged_record_header(tmp_path):
     assert gradstore.repair(path) == {"main": 4}
     with gradstore.open(path) as gs:
         assert gs.keys() == ["k0", "k1", "k3", "k4"]
-        assert all(gs.get(k, verify=True)[0] == int(k[1]) for k in gs.keys())
+        assert all(gs.read(k, verify=True)[0] == int(k[1]) for k in gs.keys())
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -502,7 +501,7 @@ def test_a_forked_child_writes_large_payloads_after_the_parent_has(tmp_path):
             with gradstore.open(tmp_path / "child.gs", "w") as gs:
                 gs.write("big", big)
             with gradstore.open(tmp_path / "child.gs") as gs:
-                code = 0 if np.array_equal(gs.get("big", verify=True), big) else 1
+                code = 0 if np.array_equal(gs.read("big", verify=True), big) else 1
         finally:
             os._exit(code)
     deadline = time.monotonic() + 60

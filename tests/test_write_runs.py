@@ -26,7 +26,7 @@ def check_store(path, expected: dict[str, np.ndarray]) -> None:
     with gradstore.open(path) as gs:
         assert sorted(gs.keys()) == sorted(expected)
         for key, a in expected.items():
-            got = gs.get(key, verify=True)
+            got = gs.read(key, verify=True)
             assert got.dtype == a.dtype and got.shape == a.shape
             assert got.tobytes() == a.tobytes()
             assert gs.entry(key).checksum == fmt.xxh3(a.tobytes())

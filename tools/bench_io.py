@@ -528,10 +528,10 @@ def run(args, work: Path) -> None:
 
     # gradstore extras: get with checksum, torch view
     gs = contenders[0].gs
-    get_verify = per_call(lambda b, m: gs.get(f"{b}/{m}", verify=True), sample, reps=3)
+    get_verify = per_call(lambda b, m: gs.read(f"{b}/{m}", verify=True), sample, reps=3)
     t = time.perf_counter()
     for b, m in all_keys:
-        gs.get(f"{b}/{m}", verify=True)
+        gs.read(f"{b}/{m}", verify=True)
     verify_read = time.perf_counter() - t
     for c in contenders:
         c.close()
@@ -591,7 +591,7 @@ def run(args, work: Path) -> None:
           f"(a file per bucket); the same {len(sample)} random keys")
     print("  full read = every tensor fetched as above, then a uint64 sum over its bytes; "
           "f.write row reads with preadv into a fresh array")
-    print(f"  gradstore get(verify=True): median {fmt_time(get_verify)}; reading all {ntensors} "
+    print(f"  gradstore read(verify=True): median {fmt_time(get_verify)}; reading all {ntensors} "
           f"tensors with verify: {fmt_rate(nbytes, verify_read)}")
     print(f"  key stores: tensors of 4 float32, 100 per write_bucket; p99 get {fmt_time(p99_big)} at "
           f"{args.keys:,} keys, {fmt_time(p99_small)} at {args.small_keys:,}; "

@@ -59,7 +59,7 @@ def write_buckets(directory: Path, n: int, *, dtype=torch.float32, modules: int 
 
 def store_contents(path: Path) -> dict[str, np.ndarray]:
     with gradstore.open(path) as gs:
-        return {k: np.array(gs.get(k, verify=True)) for k in gs.keys()}
+        return {k: np.array(gs.read(k, verify=True)) for k in gs.keys()}
 
 
 def assert_same(got: dict, expected: dict) -> None:

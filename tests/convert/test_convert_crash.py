@@ -50,7 +50,7 @@ def _what_was_left(src: Path, dest: Path, expected: dict) -> tuple[list[str], se
         keys = gs.keys()
         assert len(keys) == len(set(keys))
         for k in keys:
-            assert gs.get(k, verify=True).tobytes() == expected[k].tobytes()
+            assert gs.read(k, verify=True).tobytes() == expected[k].tobytes()
     left = {p.name for p in src.iterdir()}
     for s in range(FILES):
         if f"R_0_E_0_S_{s}_B_0.pt" not in left:
