@@ -171,7 +171,7 @@ class Namespace:
                 # Cut what lies past the last committed record only if it is
                 # no record, or the in-flight part of one write: else the
                 # index lost entries, and the segments say what they were.
-                if recovery.tail_is_torn(recovery.tail_records(self.dir, index), index.last_n):
+                if recovery.tail_is_torn(self.dir, recovery.tail_records(self.dir, index), index.last_n):
                     self.index = index
                     self.log = LogWriter(self.dir, gen, offset, fsync)
                     self._discard_uncommitted(segment_size, fsync)

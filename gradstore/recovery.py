@@ -14,6 +14,7 @@ Two questions are answered here, both from the records themselves:
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,7 +70,7 @@ def tail_records(ns_dir: Path, index: Index) -> list[Found]:
     return found
 
 
-def tail_is_torn(found: list[Found], last_n: int) -> bool:
+def tail_is_torn(ns_dir: Path, found: list[Found], last_n: int) -> bool:
     """True when records past the committed ones may be cut: none at all, or
     an incomplete part of one run numbered after every committed record (the
     write call in flight at a crash: its log entries come after all its
@@ -80,7 +81,17 @@ def tail_is_torn(found: list[Found], last_n: int) -> bool:
     if len(runs) != 1 or any(f.rec.version < 2 for f in found):
         return False
     (first, run_len), = runs
-    return first > last_n and len({f.rec.n for f in found}) < run_len
+    return first > last_n and _is_torn(ns_dir, found, run_len)
+
+
+def _is_torn(ns_dir: Path, members: list[Found], run_len: int) -> bool:
+    """True when the records present of a run are what a crash leaves.  A run
+    is written in order, so a cut-short run has its first records and lacks
+    the rest, and what follows its last record is no damaged record (a gap
+    before a present record, or a damaged record after it, is damage)."""
+    present = {f.rec.run_index for f in members}
+    return (0 < len(present) < run_len and present == set(range(len(present)))
+            and _cut_after(ns_dir, max(members, key=lambda f: f.rec.n)))
 
 
 # -- rebuild ---------------------------------------------------------------------------
@@ -114,32 +125,81 @@ def committed_evidence(ns_dir: Path, name: str) -> dict[str, Entry]:
     for gen in list_logs(ns_dir):
         try:
             data = (ns_dir / log_name(gen)).read_bytes()
-            fmt.check_log_header(data, log_name(gen))
-        except (OSError, FormatError):
+        except OSError:
             continue
-        bodies, _, _ = fmt.unpack_log_entries(data, fmt.LOG_HEADER_SIZE)
-        for body in bodies:
+        for body in _intact_entries(data):
             try:
                 take(Entry.from_log(body, name))
             except (FormatError, ValueError, TypeError):
-                break
+                continue
     return out
 
 
-def _torn_run(found: list[Found], vouched: set[int]) -> set[int]:
+def _intact_entries(data: bytes) -> list:
+    """Every log entry whose frame checks out, past damage too: after a bad
+    frame (or a damaged log header) the next intact frame is searched for
+    byte by byte, since each frame carries its own checksum."""
+    out = []
+    pos = fmt.LOG_HEADER_SIZE
+    while pos < len(data):
+        entries, stop, _ = fmt.unpack_log_entries(data, pos)
+        out += entries
+        pos = stop + 1  # stop is where reading ended: damage, a torn tail or the end
+        while pos + fmt.LOG_FRAME.size <= len(data) and not _frame_at(data, pos):
+            pos += 1
+        if pos + fmt.LOG_FRAME.size > len(data):
+            break
+    return out
+
+
+def _frame_at(data: bytes, pos: int) -> bool:
+    n, check = fmt.LOG_FRAME.unpack_from(data, pos)
+    end = pos + fmt.LOG_FRAME.size + n
+    return end <= len(data) and fmt.xxh3(data[pos + fmt.LOG_FRAME.size:end]) == check
+
+
+def _torn_run(ns_dir: Path, found: list[Found], vouched: set[int]) -> set[int]:
     """Record numbers of the newest run when a crash left it incomplete: it
-    holds the greatest record number, misses some of its records, and no
-    index file vouches for any of them (a run is committed as a whole)."""
+    holds the greatest record number, has its first records and lacks the
+    rest, and no index file vouches for any of them (a run is committed as a
+    whole, after all its records are written)."""
     v2 = [f for f in found if f.rec.version >= 2]
     if not v2:
         return set()
     newest = max(v2, key=lambda f: f.rec.n).rec
     first, run_len = newest.run_first, newest.run_len
-    members = {f.rec.n for f in v2 if f.rec.run_first == first and f.rec.run_len == run_len}
-    numbers = set(range(first, first + run_len))
-    if len(members) == run_len or numbers & vouched:
+    members = [f for f in v2 if f.rec.run_first == first and f.rec.run_len == run_len]
+    if set(range(first, first + run_len)) & vouched or not _is_torn(ns_dir, members, run_len):
         return set()
-    return members
+    return {f.rec.n for f in members}
+
+
+def _cut_after(ns_dir: Path, last: Found) -> bool:
+    """True when what follows a run's last present record is what a crash
+    leaves, not a damaged record: the end of the stream (no more bytes, or a
+    next segment too short to hold its header), zeros where a large run's
+    header was not yet filled in, or a record the file ends inside (a write
+    cut short)."""
+    path, pos = ns_dir / segment_name(last.stream, last.seq), last.end
+    if pos >= path.stat().st_size:
+        path, pos = ns_dir / segment_name(last.stream, last.seq + 1), fmt.SEG_HEADER_SIZE
+        if not path.exists() or path.stat().st_size <= pos:
+            return True
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(pos)
+        buf = f.read(1 << 16)
+    if len(buf) < fmt.REC_FIXED.size or buf[:fmt.REC_FIXED.size].count(0) == fmt.REC_FIXED.size:
+        return True  # a header cut short, or one a large run had not filled in yet
+    magic, version, _kind, meta_len, header_len, _plen, _check = fmt.REC_FIXED.unpack_from(buf)
+    if (magic == fmt.REC_MAGIC and version == fmt.VERSION
+            and header_len == fmt.align(fmt.REC_FIXED_SIZE[version] + meta_len) and pos + header_len > size):
+        return True  # the file ends inside this header
+    try:
+        rec = fmt.unpack_record_header(buf, 0, path.name)
+    except FormatError:
+        return False
+    return pos + rec.total > size
 
 
 def rebuild(ns_dir: Path, name: str) -> Rebuilt:
@@ -147,7 +207,7 @@ def rebuild(ns_dir: Path, name: str) -> Rebuilt:
     found = [f for stream in STREAMS for seq in list_segments(ns_dir, stream)
              for f in _scan_segment(ns_dir, stream, seq)]
     evidence = committed_evidence(ns_dir, name)
-    torn = _torn_run(found, {e.n for e in evidence.values() if e.n})
+    torn = _torn_run(ns_dir, found, {e.n for e in evidence.values() if e.n})
     if torn:  # cut with the uncommitted tail once the index is published
         found = [f for f in found if f.rec.n not in torn]
     index = Index(name)

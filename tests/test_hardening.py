@@ -338,3 +338,41 @@ def test_locked_error_names_the_holder_even_just_after_it_locked(tmp_path):
     finally:
         later.join()
         os.close(fd)
+
+
+@pytest.mark.parametrize("then", ["open-a", "repair"])
+def test_every_cut_of_an_uncommitted_bucket_leaves_all_of_it_or_none(tmp_path, then):
+    """A crash between a bucket's records and its log entry can leave the
+    segment cut at any byte.  Recovery (from the log, or a rebuild without
+    any index) keeps the whole bucket or none of it, and never the records
+    written before it."""
+    import shutil
+    src = tmp_path / "src.gs"
+    with gradstore.open(src, "a") as gs:
+        gs.write("a", np.arange(10.0))
+        a_end = gs.entry("a").end
+        gs.write_bucket("B", {f"m{i}": np.full(100, i, np.float32) for i in range(4)})
+    size = (src / "main" / "data-000000.bin").stat().st_size
+    outcomes = set()
+    for cut in range(size, a_end - 1, -11):
+        q = tmp_path / f"c{cut}.gs"
+        shutil.copytree(src, q)
+        os.truncate(q / "main" / "data-000000.bin", cut)
+        if then == "repair":
+            for f in (q / "main").glob("index*"):
+                f.unlink()
+            gradstore.repair(q)
+        else:  # the bucket's log entry never made it
+            log = newest_log(q)
+            data = log.read_bytes()
+            log.write_bytes(data[:log_entry_offsets(log)[1]])
+            with gradstore.open(q, "a"):
+                pass
+        with gradstore.open(q) as gs:
+            keys = gs.keys()
+            assert gs.verify() == []
+        bucket = [k for k in keys if k.startswith("B/")]
+        assert "a" in keys and len(bucket) in (0, 4), (cut, keys)
+        outcomes.add(len(bucket))
+        shutil.rmtree(q)
+    assert outcomes == {0, 4}
