@@ -241,13 +241,14 @@ class Namespace:
             self.log.append([e.to_log() for e in entries])
         except BaseException as exc:
             failed = items[len(placed) if len(placed) < len(items) else 0][0]["key"]
+            where = writer.path
             try:
                 writer.rollback_to(*start)
             except OSError:
                 pass  # the records stay uncommitted: recovery cuts them
             if isinstance(exc, OSError) and not isinstance(exc, WriteError):
                 raise WriteError(exc.errno, f"{exc.strerror or exc} while writing {failed!r} "
-                                 f"({len(items)} records, none committed) to {writer.path}") from exc
+                                 f"({len(items)} records, none committed) to {where}") from exc
             raise
         for e in entries:
             self.index.add(e)
