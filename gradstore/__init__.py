@@ -7,7 +7,7 @@
     view = gs["R_0_E_0_S_5_B_3/model.layers.0.mlp.up_proj.weight"]
 """
 from .errors import (ChecksumError, CodecError, FormatError, GradstoreError, KeyExistsError,
-                     LockedError, NotEncodableError, ReadOnlyError, UnknownCodecError)
+                     LockedError, NotEncodableError, ReadOnlyError, UnknownCodecError, WriteError)
 from .index import Entry
 from .keys import Key
 from .namespace import Problem
@@ -20,5 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "open", "Store", "Key", "Entry", "Problem", "checksum", "repair", "compact", "parse_size",
     "GradstoreError", "FormatError", "ChecksumError", "LockedError", "ReadOnlyError",
-    "KeyExistsError", "CodecError", "UnknownCodecError", "NotEncodableError", "__version__",
+    "KeyExistsError", "WriteError", "CodecError", "UnknownCodecError", "NotEncodableError", "__version__",
 ]

@@ -140,7 +140,9 @@ def cmd_repair(args) -> int:
     counts = repair(args.path)
     for name, n in counts.items():
         print(f"{name}: index rebuilt from segments, {n} entries")
-    return 0
+    for p in counts.lost:
+        print(f"lost: {p}")
+    return EXIT_DAMAGED if counts.lost else 0
 
 
 def cmd_compact(args) -> int:

@@ -23,6 +23,7 @@ _BY_NAME: dict[str, np.dtype] = {
 }
 CODE: dict[str, int] = {name: i for i, name in enumerate(NAMES)}
 NUMPY: tuple[np.dtype, ...] = tuple(_BY_NAME[name] for name in NAMES)  # by code
+ITEMSIZE: dict[str, int] = {name: dt.itemsize for name, dt in _BY_NAME.items()}
 _NAME_BY_DTYPE: dict[np.dtype, str] = {dt: name for name, dt in _BY_NAME.items()}
 
 

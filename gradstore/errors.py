@@ -51,3 +51,10 @@ class UnknownCodecError(CodecError):
 
 class NotEncodableError(CodecError):
     """A tensor cannot be represented by a codec (NaN, Inf, out of range)."""
+
+
+class WriteError(GradstoreError, OSError):
+    """A write failed (disk full, say); nothing of the call was committed.
+
+    An OSError too, with the original errno; the message names the key and the file.
+    """

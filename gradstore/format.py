@@ -12,7 +12,8 @@ import xxhash
 
 from .errors import FormatError
 
-VERSION = 1
+VERSION = 2              # what this code writes
+VERSIONS = (1, 2)        # what it reads
 ALIGN = 64
 
 STREAM_DATA = 1
@@ -33,8 +34,9 @@ def check_magic(buf, magic: bytes, version: int, what: str, where: str) -> None:
     """FormatError unless ``buf`` starts with ``magic`` and a known ``version``."""
     if buf[:len(magic)] != magic:
         raise FormatError(f"{where}: not a gradstore {what} (bad magic)")
-    if version != VERSION:
-        raise FormatError(f"{where}: {what} format version {version}, this reader knows {VERSION}")
+    if version not in VERSIONS:
+        raise FormatError(f"{where}: {what} format version {version}, this reader knows "
+                          f"{', '.join(map(str, VERSIONS))}")
 
 
 def align(n: int) -> int:
@@ -70,7 +72,13 @@ def unpack_segment_header(buf: bytes, where: str) -> tuple[int, int]:
 
 REC_MAGIC = b"GSRC"
 REC_FIXED = struct.Struct("<4sHHIIQQ")  # magic, version, kind, meta_len, header_len, plen, pxxh
-REC_FIXED_SIZE = 40  # REC_FIXED (32) + header checksum (8)
+# Version 2 binds a record to its place and its write: the namespace's record
+# number n, the segment and offset it was written at, and its place in the
+# run of records one write call committed together.
+REC_PLACE = struct.Struct("<QQIII4x")    # n, offset, segment seq, run index, run length
+REC_FIXED_SIZE = {1: REC_FIXED.size + 8, 2: REC_FIXED.size + REC_PLACE.size + 8}  # + header checksum
+MAX_NDIM = 64
+MAX_TIME = 2**63 - 1
 
 
 class RecordHeader(NamedTuple):
@@ -79,11 +87,32 @@ class RecordHeader(NamedTuple):
     payload_len: int
     checksum: int
     meta: dict
+    version: int = VERSION
+    n: int = 0            # version 2: the record's number in its namespace (0: version 1)
+    seg: int = -1         # version 2: the segment seq and offset it was written at
+    at: int = -1
+    run_index: int = 0    # version 2: its place in its write call's run of records
+    run_len: int = 1
 
     @property
     def total(self) -> int:
         """Bytes the record takes in its segment, padding included."""
         return align(self.header_len + self.payload_len)
+
+    @property
+    def run_first(self) -> int:
+        """The record number of the first record of its run."""
+        return self.n - self.run_index
+
+
+class Place(NamedTuple):
+    """Where and as which write a version-2 record is written."""
+
+    n: int
+    seg: int
+    offset: int
+    run_index: int
+    run_len: int
 
 
 def pack_meta(meta: dict) -> bytes:
@@ -93,14 +122,15 @@ def pack_meta(meta: dict) -> bytes:
 
 def record_header_len(meta_bytes: bytes) -> int:
     """Length of a record header with this meta, padding included (a multiple of 64)."""
-    return align(REC_FIXED_SIZE + len(meta_bytes))
+    return align(REC_FIXED_SIZE[VERSION] + len(meta_bytes))
 
 
-def record_header(kind: int, meta_bytes: bytes, payload_len: int, checksum: int) -> bytes:
+def record_header(kind: int, meta_bytes: bytes, payload_len: int, checksum: int, place: Place) -> bytes:
     """Header bytes of a record, padded so that the payload starts 64-aligned."""
     header_len = record_header_len(meta_bytes)
     fixed = REC_FIXED.pack(REC_MAGIC, VERSION, kind, len(meta_bytes), header_len,
-                           payload_len, checksum)
+                           payload_len, checksum) \
+        + REC_PLACE.pack(place.n, place.offset, place.seg, place.run_index, place.run_len)
     head = fixed + struct.pack("<Q", _header_checksum(fixed, meta_bytes)) + meta_bytes
     return head + bytes(header_len - len(head))
 
@@ -113,28 +143,68 @@ def _header_checksum(fixed: bytes, meta_bytes: bytes) -> int:
 def unpack_record_header(buf, offset: int, where: str) -> RecordHeader:
     """Parse and check the record header at ``offset`` of ``buf``.
 
-    Raises FormatError (bad magic, version, torn or damaged header); the
-    message names ``where`` and the offset.
+    Raises FormatError (bad magic, version, torn or damaged header, a meta
+    that does not describe a storable tensor); the message names ``where``
+    and the offset.
     """
     end = len(buf)
-    if offset + REC_FIXED_SIZE > end:
-        raise FormatError(f"{where} @ {offset}: truncated record header")
+    at = f"{where} @ {offset}"
+    if offset + REC_FIXED.size > end:
+        raise FormatError(f"{at}: truncated record header")
     magic, version, kind, meta_len, header_len, plen, pxxh = REC_FIXED.unpack_from(buf, offset)
-    check_magic(magic, REC_MAGIC, version, "record", f"{where} @ {offset}")
-    if header_len != align(REC_FIXED_SIZE + meta_len) or offset + header_len > end:
-        raise FormatError(f"{where} @ {offset}: truncated or damaged record header")
-    (hxxh,) = struct.unpack_from("<Q", buf, offset + REC_FIXED.size)
-    meta_start = offset + REC_FIXED_SIZE
-    meta_bytes = bytes(buf[meta_start:meta_start + meta_len])
-    if _header_checksum(bytes(buf[offset:offset + REC_FIXED.size]), meta_bytes) != hxxh:
-        raise FormatError(f"{where} @ {offset}: record header checksum mismatch")
+    check_magic(magic, REC_MAGIC, version, "record", at)
+    fixed_size = REC_FIXED_SIZE[version]
+    if header_len != align(fixed_size + meta_len) or offset + header_len > end:
+        raise FormatError(f"{at}: truncated or damaged record header")
+    check_at = offset + fixed_size - 8
+    (hxxh,) = struct.unpack_from("<Q", buf, check_at)
+    meta_bytes = bytes(buf[offset + fixed_size:offset + fixed_size + meta_len])
+    if _header_checksum(bytes(buf[offset:check_at]), meta_bytes) != hxxh:
+        raise FormatError(f"{at}: record header checksum mismatch")
     try:
         meta = msgpack.unpackb(meta_bytes, raw=False)
     except Exception as exc:  # msgpack raises several types
-        raise FormatError(f"{where} @ {offset}: unreadable record meta ({exc})") from None
-    if not isinstance(meta, dict) or "key" not in meta:
-        raise FormatError(f"{where} @ {offset}: record meta lacks a key")
-    return RecordHeader(kind, header_len, plen, pxxh, meta)
+        raise FormatError(f"{at}: unreadable record meta ({exc})") from None
+    check_meta(kind, meta, plen, at)
+    if version == 1:
+        return RecordHeader(kind, header_len, plen, pxxh, meta, 1)
+    n, rec_at, seg, run_index, run_len = REC_PLACE.unpack_from(buf, offset + REC_FIXED.size)
+    if n == 0 or run_index >= run_len:
+        raise FormatError(f"{at}: damaged record header (record number or run)")
+    return RecordHeader(kind, header_len, plen, pxxh, meta, 2, n, seg, rec_at, run_index, run_len)
+
+
+def check_meta(kind: int, meta, payload_len: int, at: str) -> None:
+    """FormatError unless a record's meta describes what a reader can serve:
+    a valid key, a known dtype, a bounded shape whose bytes are the payload's
+    (for tensors), a time in range, and the variant facts of kind 2."""
+    from .dtypes import ITEMSIZE
+    from .keys import check_key
+    if kind not in KIND_STREAM:
+        raise FormatError(f"{at}: unknown record kind {kind}")
+    if not isinstance(meta, dict):
+        raise FormatError(f"{at}: record meta is not a map")
+    key, dtype, shape, t = meta.get("key"), meta.get("dtype"), meta.get("shape"), meta.get("time", 0)
+    try:
+        check_key(key)
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{at}: bad key in record meta ({exc})") from None
+    if dtype not in ITEMSIZE:
+        raise FormatError(f"{at}: {key!r}: unknown dtype {dtype!r}")
+    if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+            or not all(type(d) is int and 0 <= d < 2**63 for d in shape)):
+        raise FormatError(f"{at}: {key!r}: bad shape {shape!r}")
+    if type(t) is not int or not 0 <= t <= MAX_TIME:
+        raise FormatError(f"{at}: {key!r}: bad time {t!r}")
+    if kind == KIND_TENSOR:
+        count = 1
+        for d in shape:
+            count *= d
+        if count * ITEMSIZE[dtype] != payload_len:
+            raise FormatError(f"{at}: {key!r}: shape {shape} of {dtype} is {count * ITEMSIZE[dtype]} "
+                              f"bytes, the payload {payload_len}")
+    elif not isinstance(meta.get("codec"), str) or not meta["codec"] or "\0" in meta["codec"]:
+        raise FormatError(f"{at}: {key!r}: variant record without a codec")
 
 
 # -- index log ----------------------------------------------------------------

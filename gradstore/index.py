@@ -20,6 +20,7 @@ import numpy as np
 
 from . import dtypes
 from . import format as fmt
+from .errors import FormatError
 from .forms import Forms
 from .segment import segment_name
 
@@ -39,6 +40,7 @@ class Entry(NamedTuple):
     time: int
     extra: dict | None   # variant facts (codec, nbits, ...) for kind 2
     ns: str = ""
+    n: int = 0           # the record's number in its namespace (0: format version 1)
 
     @property
     def payload_offset(self) -> int:
@@ -70,12 +72,27 @@ class Entry(NamedTuple):
 
     def to_log(self) -> list:
         return [self.kind, self.key, self.seq, self.offset, self.header_len, self.payload_len,
-                self.dtype, list(self.shape), self.checksum, self.time, self.extra]
+                self.dtype, list(self.shape), self.checksum, self.time, self.extra, self.n]
 
     @classmethod
     def from_log(cls, body: list, ns: str) -> "Entry":
+        """The entry of a log body, checked as a record header is (FormatError)."""
+        if not isinstance(body, list) or len(body) < 11:
+            raise FormatError(f"{ns}: index log entry is not an entry")
         kind, key, seq, off, hlen, plen, dtype, shape, check, t, extra = body[:11]
-        return cls(kind, key, seq, off, hlen, plen, dtype, tuple(shape), check, t, extra, ns)
+        n = body[11] if len(body) > 11 else 0
+        meta = {"key": key, "dtype": dtype, "shape": shape, "time": t}
+        if kind == fmt.KIND_VARIANT:
+            if not isinstance(extra, dict):
+                raise FormatError(f"{ns}: index log entry of {key!r}: variant without its facts")
+            meta.update(extra)
+        fmt.check_meta(kind, meta, plen, f"{ns}: index log entry")
+        for x in (seq, off, hlen, check, n):
+            if type(x) is not int or not 0 <= x < 2**64:
+                raise FormatError(f"{ns}: index log entry of {key!r}: bad location")
+        if off % fmt.ALIGN or hlen % fmt.ALIGN or off < fmt.SEG_HEADER_SIZE or seq >= 2**32:
+            raise FormatError(f"{ns}: index log entry of {key!r}: bad location")
+        return cls(kind, key, seq, off, hlen, plen, dtype, tuple(shape), check, t, extra, ns, n)
 
     @classmethod
     def from_record(cls, rec: fmt.RecordHeader, seq: int, offset: int, ns: str) -> "Entry":
@@ -84,7 +101,8 @@ class Entry(NamedTuple):
         if rec.kind == fmt.KIND_VARIANT:
             extra = {k: v for k, v in meta.items() if k not in ("key", "dtype", "shape", "time")}
         return cls(rec.kind, meta["key"], seq, offset, rec.header_len, rec.payload_len,
-                   meta["dtype"], tuple(meta["shape"]), rec.checksum, meta.get("time", 0), extra, ns)
+                   meta["dtype"], tuple(meta["shape"]), rec.checksum, meta.get("time", 0), extra, ns,
+                   rec.n)
 
 
 def entry_id(kind: int, key: str, extra: dict | None) -> str:
@@ -95,7 +113,8 @@ def entry_id(kind: int, key: str, extra: dict | None) -> str:
 
 _U64 = np.dtype("<u8")
 _COLS = {"kind": "u1", "dtype": "u1", "ndim": "u1", "seq": "<u4", "hlen": "<u4",
-         "offset": "<u8", "plen": "<u8", "checksum": "<u8", "time": "<i8"}
+         "offset": "<u8", "plen": "<u8", "checksum": "<u8", "time": "<i8", "num": "<u8"}
+_OPTIONAL = {"num"}  # columns a version-1 snapshot does not have (read as zeros)
 _KINDS = (fmt.KIND_TENSOR, fmt.KIND_VARIANT)
 
 # In memory, a base row is 64 bytes (a cache line), in the order of the
@@ -141,6 +160,8 @@ class Index:
         self._count = {k: 0 for k in _KINDS}
         self._base_keys: list[str] | None = None
         self._by_snapshot: np.ndarray | None = None
+        self._nums = np.zeros(0, np.uint64)          # snapshot row number -> record number n
+        self.last_n = 0                              # the greatest record number of any entry
 
     # -- reading -------------------------------------------------------------
 
@@ -172,10 +193,12 @@ class Index:
     def entry_at(self, row: int) -> Entry:
         _, start, end, kstart, check, t, klen, seq, form, hlen = _ROW.unpack_from(self._rows_mv, row << 6)
         kind, _, shape, dtype = self._built[form] or self._forms.build(form)
-        extra = self._extra.get(self._order_mv[row]) if kind == fmt.KIND_VARIANT else None
+        snap_row = self._order_mv[row]
+        extra = self._extra.get(snap_row) if kind == fmt.KIND_VARIANT else None
         # tuple.__new__ skips the NamedTuple's argument parsing.
         return tuple.__new__(Entry, (kind, self._blob[kstart:kstart + klen].decode("utf-8"), seq,
-                                     start - hlen, hlen, end - start, dtype, shape, check, t, extra, self.ns))
+                                     start - hlen, hlen, end - start, dtype, shape, check, t, extra, self.ns,
+                                     int(self._nums[snap_row])))
 
     def get(self, kind: int, id_: str) -> Entry | None:
         e = self._tail[kind].get(id_)
@@ -270,6 +293,8 @@ class Index:
     # -- changing ------------------------------------------------------------
 
     def add(self, entry: Entry) -> None:
+        if entry.n > self.last_n:
+            self.last_n = entry.n
         kind = entry.kind
         id_ = entry.id
         table = self._tail[kind]
@@ -294,7 +319,8 @@ class Index:
                      "offset": rows["start"] - rows["hlen"], "plen": rows["end"] - rows["start"],
                      "checksum": rows["checksum"], "time": rows["time"]}
         tail_rows = [(e.kind, dtypes.CODE[e.dtype], len(e.shape), e.seq, e.header_len, e.offset,
-                      e.payload_len, e.checksum, e.time) for e in tail]
+                      e.payload_len, e.checksum, e.time, e.n) for e in tail]
+        base_cols["num"] = self._nums[self._order[base]]
         cols = {name: np.concatenate([base_cols[name].astype(dt),
                                       np.array([row[i] for row in tail_rows], dt)]).astype(dt)
                 for i, (name, dt) in enumerate(_COLS.items())}
@@ -327,7 +353,8 @@ class Index:
         n = body["n"]
         if sys.byteorder != "little":  # struct and the memoryviews read native order
             raise ValueError("gradstore snapshots are read on little-endian machines only")
-        cols = {name: np.frombuffer(body[name], np.dtype(dt)) for name, dt in _COLS.items()}
+        cols = {name: np.frombuffer(body[name], np.dtype(dt)) if name in body or name not in _OPTIONAL
+                else np.zeros(n, np.dtype(dt)) for name, dt in _COLS.items()}
         for name, col in cols.items():
             if len(col) != n:
                 raise ValueError(f"snapshot column {name} has {len(col)} rows, expected {n}")
@@ -344,6 +371,7 @@ class Index:
             raise ValueError("snapshot hash columns disagree with n")
         if n and (int(order.max()) >= n or (n > 1 and bool((hashes[1:] < hashes[:-1]).any()))):
             raise ValueError("snapshot hash columns are not a sorted permutation")
+        _check_columns(cols, dims, n)
         forms, form_of = Forms.of_rows(cols["kind"], cols["dtype"], cols["ndim"], dims)
         kstart = np.zeros(n, np.uint64)
         kstart[1:] = seps[:-1] + 1
@@ -365,6 +393,9 @@ class Index:
         idx._rows_mv = memoryview(rows.view(np.uint8))
         idx._order_mv = memoryview(order).cast("B").cast("I")
         idx._extra = {int(k): v for k, v in body["extra"].items()}
+        idx._nums = cols["num"]
+        idx.last_n = int(cols["num"].max()) if n else 0
+        _check_forms(forms, form_of, cols["plen"], idx._extra, cols["kind"])
         # directory[b] = where the first row whose hash's top bits are >= b
         # starts (its byte offset).  With 2-4 slots per row, a key's row is the
         # first one tried 80-90% of the time.
@@ -380,3 +411,38 @@ class Index:
         for k in _KINDS:
             idx._count[k] = int(np.count_nonzero(kinds == k))
         return idx
+
+
+def _check_columns(cols: dict, dims: np.ndarray, n: int) -> None:
+    """ValueError unless the snapshot's columns describe records a reader can serve."""
+    if n == 0:
+        return
+    if not np.isin(cols["kind"], _KINDS).all():
+        raise ValueError("snapshot has an unknown record kind")
+    if int(cols["dtype"].max()) >= len(dtypes.NAMES) or int(cols["ndim"].max()) > fmt.MAX_NDIM:
+        raise ValueError("snapshot has an unknown dtype or too many dimensions")
+    if bool((cols["time"] < 0).any()) or bool((dims >= np.uint64(2**63)).any()):
+        raise ValueError("snapshot has a bad time or dimension")
+    if bool((cols["offset"] % fmt.ALIGN).any()) or bool((cols["hlen"] % fmt.ALIGN).any()) \
+            or bool((cols["offset"] < fmt.SEG_HEADER_SIZE).any()):
+        raise ValueError("snapshot has a misaligned record")
+
+
+def _check_forms(forms: Forms, form_of: np.ndarray, plen: np.ndarray, extra: dict, kinds: np.ndarray) -> None:
+    """ValueError unless each tensor row's payload holds exactly its shape, and
+    each variant row has its codec."""
+    nbytes = []
+    for f in range(len(forms)):
+        kind, _, shape, name = forms.built[f] or forms.build(f)
+        size = dtypes.ITEMSIZE[name]
+        for d in shape:
+            size *= d
+        nbytes.append(min(size, 2**64 - 1) if kind == fmt.KIND_TENSOR else 0)
+    tensor = kinds == fmt.KIND_TENSOR
+    if not (np.array(nbytes, np.uint64)[form_of[tensor]] == plen[tensor]).all():
+        raise ValueError("snapshot has a payload length that disagrees with its shape")
+    for row in np.flatnonzero(~tensor).tolist():
+        facts = extra.get(row)
+        codec = facts.get("codec") if isinstance(facts, dict) else None
+        if not isinstance(codec, str) or not codec:
+            raise ValueError("snapshot has a variant without its codec")

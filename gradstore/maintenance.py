@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import format as fmt
 from .keys import try_parse
-from .namespace import Namespace
+from .namespace import Namespace, Problem
 from .segment import list_segments
 from .store import Store
 
@@ -45,7 +45,15 @@ def list_segments_of(ns: Namespace, stream: int) -> list[int]:
     return list_segments(ns.dir, stream) if ns.dir.exists() else []
 
 
-def repair(path: str | os.PathLike) -> dict[str, int]:
+class Repaired(dict):
+    """Entries per namespace after a repair; ``lost`` names the newest
+    versions the old index knew of that no longer check out (damaged or
+    missing): they stay named, and verify() reports them, until rewritten."""
+
+    lost: list[Problem]
+
+
+def repair(path: str | os.PathLike) -> Repaired:
     """Rebuild every namespace's index from its segments. Returns entries per namespace."""
     store = Store(path, "r")
     try:
@@ -53,12 +61,15 @@ def repair(path: str | os.PathLike) -> dict[str, int]:
         segment_size = store.segment_size
     finally:
         store.close()
-    out = {}
+    out = Repaired()
+    out.lost = []
     for name in names:
         ns = Namespace(Path(path), name)
         ns._lock()
         try:
             out[name] = ns.rebuild(segment_size, fsync=True)
+            out.lost += [Problem(e.key if e.kind == fmt.KIND_TENSOR else e.id.replace("\0", " variant "),
+                                 e.segment, e.offset, "newest version damaged or missing") for e in ns.lost]
         finally:
             ns.close()
     return out

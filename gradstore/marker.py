@@ -51,11 +51,30 @@ def open_marker(path: Path, mode: str, segment_size) -> dict:
         raise FormatError(f"{marker}: damaged store marker") from None
     if not isinstance(meta, dict) or meta.get("format") != "gradstore":
         raise FormatError(f"{marker}: not a gradstore store marker")
-    if meta.get("version") != fmt.VERSION:
+    if meta.get("version") not in fmt.VERSIONS:
         raise FormatError(f"{marker}: format version {meta.get('version')}, "
-                          f"this gradstore reads {fmt.VERSION}")
+                          f"this gradstore reads {', '.join(map(str, fmt.VERSIONS))}")
+    if mode != "r" and meta["version"] != fmt.VERSION:
+        meta["version"] = fmt.VERSION  # a writer adds records of its version: say so first
+        _replace_marker(path, marker, meta)
     meta.setdefault("segment_size", DEFAULT_SEGMENT_SIZE)
     return meta
+
+
+def _replace_marker(path: Path, marker: Path, meta: dict) -> None:
+    tmp = path / f"{fmt.MARKER}.tmp.{os.getpid()}.{time.time_ns()}"
+    try:
+        _write_durably(tmp, meta)
+        os.replace(tmp, marker)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path)
+
+
+def _write_durably(tmp: Path, meta: dict) -> None:
+    tmp.write_text(json.dumps(meta) + "\n")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
 
 def _create_marker(path: Path, marker: Path, segment_size) -> None:
     """Create the store marker; safe when several ranks create the store at once.
@@ -64,8 +83,10 @@ def _create_marker(path: Path, marker: Path, segment_size) -> None:
     first link wins and the others read the winner's marker.
     """
     if path.exists():
+        # The marker itself may have appeared since we looked: another rank
+        # creating the same store at the same moment.
         foreign = [n for n in os.listdir(path)
-                   if not (n.startswith(fmt.MARKER + ".tmp") or NAMESPACE_RE.fullmatch(n))]
+                   if not (n == fmt.MARKER or n.startswith(fmt.MARKER + ".tmp") or NAMESPACE_RE.fullmatch(n))]
         if foreign:
             raise FormatError(f"{path}: exists and is not a gradstore store")
     path.mkdir(parents=True, exist_ok=True)
@@ -73,9 +94,7 @@ def _create_marker(path: Path, marker: Path, segment_size) -> None:
     meta = {"format": "gradstore", "version": fmt.VERSION, "segment_size": size}
     tmp = path / f"{fmt.MARKER}.tmp.{os.getpid()}.{time.time_ns()}"
     try:
-        tmp.write_text(json.dumps(meta) + "\n")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        _write_durably(tmp, meta)
         try:
             os.link(tmp, marker)
         except FileExistsError:

@@ -9,20 +9,23 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import format as fmt
-from .errors import FormatError, LockedError
+from . import recovery
+from .errors import FormatError, LockedError, WriteError
 from .index import Entry, Index
 from .log import (LogFollower, LogWriter, SNAPSHOT, create_log, list_logs, log_name,
                   read_snapshot, write_snapshot)
 from .fileio import fsync_dir
-from .segment import SegmentMaps, SegmentWriter, list_segments, scan, segment_name
+from .segment import SegmentMaps, SegmentWriter, list_segments, segment_name
 
 STREAMS = (fmt.STREAM_DATA, fmt.STREAM_VAR)
 CHECKPOINT_EVERY = 65536   # log entries between automatic snapshots (at least)
 CHECKPOINT_ON_CLOSE = 1024  # a close snapshots if the log holds at least this many
+COMPACT_BATCH = 256         # records compaction copies per run
 
 
 @dataclass
@@ -38,6 +41,17 @@ class Problem:
         return f"{self.segment} @ {self.offset}: {self.key}: {self.message}"
 
 
+def _lock_holder(fd: int) -> str:
+    """Who holds the lock, as the holder wrote it: it writes right after taking
+    the lock, so a contender may look in between and wait a moment."""
+    for _attempt in range(50):
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        if text:
+            return text
+        time.sleep(0.002)
+    return "a writer that has not said who it is yet"
+
+
 class Namespace:
     def __init__(self, store_dir: Path, name: str):
         self.dir = store_dir / name
@@ -48,6 +62,7 @@ class Namespace:
         self.lock_fd: int | None = None
         self.writers: dict[int, SegmentWriter] = {}
         self.log: LogWriter | None = None
+        self.lost: list[Entry] = []   # set by rebuild()
 
     @property
     def writable(self) -> bool:
@@ -103,7 +118,7 @@ class Namespace:
         elif self.has_segments():
             for _attempt in range(5):  # no usable index: rebuild in memory
                 try:
-                    self.index = self._scan_all(truncate=False)
+                    self.index = recovery.rebuild(self.dir, self.name).index
                     break
                 except FileNotFoundError:  # a compaction removed a segment meanwhile
                     continue
@@ -133,7 +148,7 @@ class Namespace:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            holder = _lock_holder(fd)
             os.close(fd)
             raise LockedError(f"{self.dir}: namespace {self.name!r} is locked by another writer "
                               f"({holder})") from None
@@ -153,7 +168,10 @@ class Namespace:
                 index, follower = loaded
                 gen, offset = follower.gen, follower.offset
                 follower.close()
-                if self._bounds_ok(index):
+                # Cut what lies past the last committed record only if it is
+                # no record, or the in-flight part of one write: else the
+                # index lost entries, and the segments say what they were.
+                if recovery.tail_is_torn(self.dir, recovery.tail_records(self.dir, index), index.last_n):
                     self.index = index
                     self.log = LogWriter(self.dir, gen, offset, fsync)
                     self._discard_uncommitted(segment_size, fsync)
@@ -168,16 +186,11 @@ class Namespace:
             if name != "LOCK":
                 (self.dir / name).unlink()
 
-    def _bounds_ok(self, index: Index) -> bool:
-        for (stream, seq), end in index.high_water().items():
-            try:
-                if os.path.getsize(self.dir / segment_name(stream, seq)) < end:
-                    return False
-            except FileNotFoundError:
-                return False
-        return True
-
     def _discard_uncommitted(self, segment_size: int, fsync: bool) -> None:
+        """Delete segments past the last one the index points into, cut that
+        one after its last record, and get ready to append there.  A segment
+        the index points into but that is gone (its records reported lost)
+        keeps its number: appends go to a new one after it."""
         hw = self.index.high_water()
         for stream in STREAMS:
             segs = list_segments(self.dir, stream)
@@ -187,46 +200,61 @@ class Namespace:
                 if last is None or seq > last:
                     (self.dir / segment_name(stream, seq)).unlink()
             writer = SegmentWriter(self.dir, stream, segment_size, fsync)
-            if last is not None:
+            if last is not None and last in segs:
                 writer.resume(last, mine[last])
             else:
-                writer.seq = max(segs, default=-1)
+                writer.seq = max([*segs, *mine], default=-1)
             self.writers[stream] = writer
 
     def append(self, kind: int, meta: dict, payload) -> Entry:
         """Write a record, then commit it with its log entry."""
         return self.append_many(kind, [(meta, payload)])[0]
 
-    def append_many(self, kind: int, items: list[tuple[dict, object]]) -> list[Entry]:
-        """Write records, then commit them with their log entries.
+    def append_many(self, kind: int, items: list[tuple[dict, object]],
+                    checks: list[int] | None = None) -> list[Entry]:
+        """Write records as one run, then commit them with one log write.
 
-        A run of records that fits in one segment is written with one call
-        and committed with one log write, so the records of a run are
-        committed together; a run that fails is cut back whole.
+        The run may span segments; it is committed whole or not at all: a
+        failure anywhere cuts every segment back to where the run began.
+        Each record carries its number and its place in the run, so a
+        rebuild tells a run a crash left incomplete (spec section 9).
+        ``checks``: payload checksums known already (compaction's copies).
         """
         writer = self.writers[fmt.KIND_STREAM[kind]]
         packed = [(fmt.pack_meta(meta), payload) for meta, payload in items]
-        out: list[Entry] = []
-        while len(out) < len(items):
-            placed = writer.append_run(kind, packed[len(out):])
+        first_n = self.index.last_n + 1
+        start = writer.position()
+        placed: list[tuple[int, int, int, int]] = []
+        try:
+            while len(placed) < len(items):
+                done = len(placed)
+                placed += writer.append_run(kind, packed[done:], first_n + done, done, len(items),
+                                            None if checks is None else checks[done:])
             entries = []
-            for (seq, offset, hlen, checksum), (meta, payload) in zip(placed, items[len(out):]):
+            for i, ((seq, offset, hlen, checksum), (meta, payload)) in enumerate(zip(placed, items)):
                 extra = None
                 if kind == fmt.KIND_VARIANT:
                     extra = {k: v for k, v in meta.items() if k not in ("key", "dtype", "shape", "time")}
                 entries.append(Entry(kind, meta["key"], seq, offset, hlen, len(payload), meta["dtype"],
-                                     tuple(meta["shape"]), checksum, meta["time"], extra, self.name))
+                                     tuple(meta["shape"]), checksum, meta["time"], extra, self.name,
+                                     first_n + i))
+            self.log.append([e.to_log() for e in entries])
+        except BaseException as exc:
+            failed = items[len(placed) if len(placed) < len(items) else 0][0]["key"]
+            where = writer.path
             try:
-                self.log.append([e.to_log() for e in entries])
-            except BaseException:
-                writer.rollback(placed[0][1])
-                raise
-            for e in entries:
-                self.index.add(e)
-            out += entries
-            if self.log.count >= max(CHECKPOINT_EVERY, len(self.index) // 4):
-                self.checkpoint()
-        return out
+                writer.rollback_to(*start)
+            except OSError:
+                pass  # the records stay uncommitted: recovery cuts them
+            if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+                raise WriteError(exc.errno, f"{exc.strerror or exc} while writing {failed!r} "
+                                 f"({len(items)} records, none committed) to {where}") from exc
+            raise
+        for e in entries:
+            self.index.add(e)
+        if self.log.count >= max(CHECKPOINT_EVERY, len(self.index) // 4):
+            self.checkpoint()
+        return entries
 
     def sync(self) -> None:
         for w in self.writers.values():
@@ -276,33 +304,14 @@ class Namespace:
 
     # -- rebuild, verify, compact -----------------------------------------------
 
-    def _scan_all(self, truncate: bool) -> Index:
-        """An index from the records themselves; optionally cut torn tails."""
-        index = Index(self.name)
-        for stream in STREAMS:
-            segs = list_segments(self.dir, stream)
-            for i, seq in enumerate(segs):
-                path = self.dir / segment_name(stream, seq)
-                try:
-                    records, end = scan(path)
-                except FormatError:  # shorter than a segment header: torn at creation
-                    if truncate and i == len(segs) - 1:
-                        path.unlink()
-                    continue
-                for offset, rec in records:
-                    if fmt.KIND_STREAM.get(rec.kind) == stream:
-                        index.add(Entry.from_record(rec, seq, offset, self.name))
-                if truncate and i == len(segs) - 1 and end < os.path.getsize(path):
-                    os.truncate(path, end)
-        return index
-
     def rebuild(self, segment_size: int, fsync: bool) -> int:
-        """Rebuild the index from the segments and commit it. Returns the entry count.
+        """Rebuild the index from the segments and commit it. Returns the entry count;
+        ``self.lost`` lists the newest versions that no longer check out.
 
         The new index is published as one snapshot (atomic rename), so a crash
         during a rebuild leaves either the old state or the new one.
         """
-        self.index = self._scan_all(truncate=True)
+        self.index, self.lost = recovery.rebuild(self.dir, self.name)
         self._rotate(max(list_logs(self.dir), default=-1) + 1, fsync)
         for w in self.writers.values():
             w.close()
@@ -318,12 +327,15 @@ class Namespace:
                 m = self.maps.get(e.stream, e.seq, e.end)
                 rec = fmt.unpack_record_header(m, e.offset, e.segment)
                 if (rec.meta.get("key") != e.key or rec.payload_len != e.payload_len
-                        or rec.checksum != e.checksum or rec.header_len != e.header_len):
+                        or rec.checksum != e.checksum or rec.header_len != e.header_len
+                        or (rec.version >= 2 and (rec.n, rec.seg, rec.at) != (e.n, e.seq, e.offset))):
                     raise FormatError("record header disagrees with the index")
                 if fmt.xxh3(memoryview(m)[e.payload_offset:e.payload_offset + e.payload_len]) != e.checksum:
                     raise FormatError("payload checksum mismatch")
-            except (FormatError, FileNotFoundError) as exc:
+            except FormatError as exc:
                 problems.append(Problem(e.key, e.segment, e.offset, str(exc).split(": ")[-1]))
+            except FileNotFoundError:
+                problems.append(Problem(e.key, e.segment, e.offset, "segment file is missing"))
         return problems
 
     def compact(self) -> tuple[int, int]:
@@ -341,13 +353,16 @@ class Namespace:
             return before, before  # nothing to reclaim
         for stream in STREAMS:
             self.writers[stream].close()
-            self.writers[stream].seq = max(old[stream], default=-1)
-        for e in live:
-            m = self.maps.get(e.stream, e.seq, e.end)
-            seq, offset = self.writers[e.stream].append_raw(memoryview(m)[e.offset:e.end])
-            moved = e._replace(seq=seq, offset=offset)
-            self.log.append([moved.to_log()])
-            self.index.add(moved)
+            self.writers[stream].seq = max([*old[stream], self.writers[stream].seq])
+        present = {(s, q) for s, qs in old.items() for q in qs}
+        batch: list[Entry] = []
+        for i, e in enumerate(live):
+            if (e.stream, e.seq) in present:
+                batch.append(e)   # an entry whose segment is gone stays as it is (lost)
+            if batch and (i + 1 == len(live) or live[i + 1].kind != batch[0].kind
+                          or len(batch) >= COMPACT_BATCH):
+                self._copy(batch)
+                batch = []
         body = self._rotate(self.log.gen + 1, self.log.fsync)
         self.maps.forget()
         for stream, seqs in old.items():
@@ -355,6 +370,16 @@ class Namespace:
                 (self.dir / segment_name(stream, seq)).unlink(missing_ok=True)
         self.index = Index.from_snapshot(body, self.name)  # only the moved entries
         return before, self.disk_bytes()
+
+    def _copy(self, entries: list[Entry]) -> None:
+        """Copy records as one run, keeping their payload checksums: a damaged
+        payload stays damaged, and verify still finds it."""
+        items = []
+        for e in entries:
+            m = self.maps.get(e.stream, e.seq, e.payload_offset + e.payload_len)
+            meta = {"key": e.key, "dtype": e.dtype, "shape": list(e.shape), "time": e.time, **(e.extra or {})}
+            items.append((meta, memoryview(m)[e.payload_offset:e.payload_offset + e.payload_len]))
+        self.append_many(entries[0].kind, items, checks=[e.checksum for e in entries])
 
     def disk_bytes(self) -> int:
         return sum(os.path.getsize(self.dir / segment_name(s, q))

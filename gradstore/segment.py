@@ -89,10 +89,16 @@ class SegmentWriter(FileHandle):
         if self.fsync:
             os.fsync(self.fd)
 
-    def append_run(self, kind: int, items: list[tuple[bytes, object]]) -> list[tuple[int, int, int, int]]:
+    def append_run(self, kind: int, items: list[tuple[bytes, object]], n: int, run_index: int,
+                   run_len: int, checks: list[int] | None = None) -> list[tuple[int, int, int, int]]:
         """Write the leading records of ``items`` ((packed meta, payload) pairs)
         that fit in one segment, at least one; return (seq, record offset,
         header length, payload checksum) for each record written.
+
+        The records are numbered from ``n`` and are ``run_index``.. of a run
+        of ``run_len`` (spec section 4).  ``checks`` gives payload checksums
+        known already (compaction copies keep theirs, damage included);
+        otherwise the payloads are hashed here.
 
         All or nothing: a failure cuts the segment back.  A small run is
         hashed, then written with one pwritev.  A large one is written with
@@ -111,14 +117,15 @@ class SegmentWriter(FileHandle):
         payloads = [p for _, p in items[:k]]
         pads = [hashrun.zeros(t - h - len(p)) for t, h, p in zip(totals, hlens, payloads)]
         starts = list(accumulate(totals[:k - 1], initial=offset))  # of each record
+        places = [fmt.Place(n + i, self.seq, pos, run_index + i, run_len) for i, pos in enumerate(starts)]
         try:
-            if sum(len(p) for p in payloads) >= hashrun.PARALLEL_HASH:
+            if checks is None and sum(len(p) for p in payloads) >= hashrun.PARALLEL_HASH:
                 checks = hashrun.write_hashed(self.fd, offset, hlens, payloads, pads)
-                for header, pos in zip(self._headers(kind, items, checks), starts):
+                for header, pos in zip(self._headers(kind, items, checks, places), starts):
                     pwrite_views(self.fd, [header], len(header), pos)
             else:
-                checks = [fmt.xxh3(p) for p in payloads]
-                headers = self._headers(kind, items, checks)
+                checks = [fmt.xxh3(p) for p in payloads] if checks is None else checks[:k]
+                headers = self._headers(kind, items, checks, places)
                 pwrite_views(self.fd, [b for hp in zip(headers, payloads, pads) for b in hp], end - offset, offset)
         except BaseException:
             # A failed write (disk full, signal) must not leave half a record.
@@ -128,20 +135,33 @@ class SegmentWriter(FileHandle):
         return [(self.seq, pos, h, check) for pos, h, check in zip(starts, hlens, checks)]
 
     @staticmethod
-    def _headers(kind: int, items, checks: list[int]) -> list[bytes]:
-        return [fmt.record_header(kind, mb, len(p), c) for (mb, p), c in zip(items, checks)]
+    def _headers(kind: int, items, checks: list[int], places: list[fmt.Place]) -> list[bytes]:
+        return [fmt.record_header(kind, mb, len(p), c, place)
+                for (mb, p), c, place in zip(items, checks, places)]
 
-    def append_raw(self, record) -> tuple[int, int]:
-        """Copy a whole record (header, payload and padding) as it is: compaction."""
-        total = len(record)
-        offset = self._reserve(total)
-        try:
-            write_all(self.fd, [record], offset)
-        except BaseException:
-            self.rollback(offset)
-            raise
-        self._commit(offset, total)
-        return self.seq, offset
+    @property
+    def path(self) -> Path:
+        return self.dir / segment_name(self.stream, self.seq)
+
+    def position(self) -> tuple[int, int | None]:
+        """(seq, size) of the segment being appended to, where a run starts;
+        size None when no segment is open (the next append starts seq + 1)."""
+        return self.seq, (self.size if self.fd is not None else None)
+
+    def rollback_to(self, seq: int, size: int | None) -> None:
+        """Undo appends since ``position()`` returned (seq, size), segments
+        started since included: a failed write call leaves nothing behind."""
+        if self.seq == seq:
+            if self.fd is not None and size is not None:
+                self.rollback(size)
+            return
+        self.close()
+        for later in range(seq + 1, self.seq + 1):
+            (self.dir / segment_name(self.stream, later)).unlink(missing_ok=True)
+        if size is not None:
+            self.resume(seq, size)
+        else:
+            self.seq = seq
 
 
 class SegmentMaps:
@@ -171,14 +191,18 @@ class SegmentMaps:
         self._maps.clear()
 
 
-def scan(path: Path) -> tuple[list[tuple[int, fmt.RecordHeader]], int]:
-    """Valid records of a segment in offset order, skipping damaged ones.
+def scan(path: Path, start: int = fmt.SEG_HEADER_SIZE) -> tuple[list[tuple[int, fmt.RecordHeader]], int]:
+    """Valid records of a segment in offset order, from ``start``, skipping damaged ones.
 
     After an invalid record the scan resynchronises on the next 64-aligned
     record magic whose header checksum holds, so one damaged header does not
-    hide the records behind it. Returns the records as (offset, header) and
-    the offset where the last valid record ends, so callers can cut a torn
-    tail. A damaged segment header is not fatal: records check themselves.
+    hide the records behind it.  A version-2 record must name the segment and
+    offset it is found at: a record inside another one's payload (a segment
+    stored as a tensor) names where it was first written, so it is never
+    taken for a record of this file.  Returns the records as (offset,
+    header) and the offset where the last valid record ends, so callers can
+    cut a torn tail.  A damaged segment header is not fatal: records check
+    themselves.
     """
     where = f"{path.parent.name}/{path.name}"
     records: list[tuple[int, fmt.RecordHeader]] = []
@@ -187,10 +211,11 @@ def scan(path: Path) -> tuple[list[tuple[int, fmt.RecordHeader]], int]:
         if size < fmt.SEG_HEADER_SIZE:
             raise FormatError(f"{where}: truncated segment header ({size} of 64 bytes)")
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    pos = end = fmt.SEG_HEADER_SIZE
+    seq = int(_SEG_RE.fullmatch(path.name).group(2))
+    pos = end = start
     try:
         while pos < size:
-            rec = _record_at(buf, pos, size, where)
+            rec = _record_at(buf, pos, size, where, seq)
             if rec is not None:
                 records.append((pos, rec))
                 pos = end = pos + rec.total
@@ -205,11 +230,13 @@ def scan(path: Path) -> tuple[list[tuple[int, fmt.RecordHeader]], int]:
         buf.close()
 
 
-def _record_at(buf, pos: int, size: int, where: str):
+def _record_at(buf, pos: int, size: int, where: str, seq: int):
     try:
         rec = fmt.unpack_record_header(buf, pos, where)
     except FormatError:
         return None
+    if rec.version >= 2 and (rec.seg != seq or rec.at != pos):
+        return None  # a record stored inside another one's payload
     start = pos + rec.header_len
     if start + rec.payload_len > size:
         return None

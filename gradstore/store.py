@@ -15,7 +15,7 @@ import numpy as np
 from . import dtypes
 from . import format as fmt
 from .arrays import as_array
-from .errors import ChecksumError, GradstoreError, KeyExistsError, ReadOnlyError
+from .errors import ChecksumError, FormatError, GradstoreError, KeyExistsError, ReadOnlyError
 from .index import Entry
 from .keys import Selector, check_key, parse_bucket, select, try_parse
 from .marker import NAMESPACE_RE, open_marker, parse_size
@@ -129,7 +129,11 @@ class Store:
             # Compacted since we last looked: follow the log to the new place.
             self.refresh()
             e = self._find(e.kind, e.id) or e
-            return e, self._namespaces[e.ns].maps.get(e.stream, e.seq, e.payload_offset + e.payload_len)
+            try:
+                return e, self._namespaces[e.ns].maps.get(e.stream, e.seq, e.payload_offset + e.payload_len)
+            except FileNotFoundError:
+                raise FormatError(f"{self.path}: {e.key!r} is in segment {e.segment}, which is missing "
+                                  "(gradstore verify lists what it held)") from None
 
     def _payload(self, e: Entry) -> np.ndarray:
         """The record's payload bytes as a read-only uint8 view."""

@@ -13,6 +13,7 @@ A plan is a JSON-able dict:
     segment_size              passed to every open
     checkpoint_every          if set, overrides namespace.CHECKPOINT_EVERY (forces log rotations)
     checkpoint_on_close       if set, overrides namespace.CHECKPOINT_ON_CLOSE
+    compact_batch             if set, overrides namespace.COMPACT_BATCH (records per compaction run)
     hash_piece                if set, every run is written the large-run way (zeroed headers,
                               payloads in pieces of this size hashed by the hash thread,
                               then the headers): hashrun.HASH_PIECE, PARALLEL_HASH = 1
@@ -299,6 +300,8 @@ def run(plan: dict) -> None:
 
     if plan.get("checkpoint_every") is not None:
         namespace.CHECKPOINT_EVERY = plan["checkpoint_every"]
+    if plan.get("compact_batch") is not None:
+        namespace.COMPACT_BATCH = plan["compact_batch"]
     if plan.get("checkpoint_on_close") is not None:
         namespace.CHECKPOINT_ON_CLOSE = plan["checkpoint_on_close"]
     if plan.get("hash_piece") is not None:

@@ -1,7 +1,7 @@
-"""The content of tests/golden/v1.gs, and how it was written.
+"""The content of tests/golden/v1.gs and v2.gs, and how it was written.
 
 Regenerate only on a deliberate format change (with a new format version):
-    python tests/golden_data.py tests/golden/v1.gs
+    python tests/golden_data.py tests/golden/v2.gs
 """
 from __future__ import annotations
 

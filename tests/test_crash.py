@@ -39,7 +39,7 @@ PROBE = np.arange(1000, dtype=np.float32) * 0.5
 # renamed, the fault never fires and the test says so.
 APPEND = "Store._append"
 SEG_APPEND = "SegmentWriter.append_run"
-SEG_COPY = "SegmentWriter.append_raw"
+SEG_COPY = "SegmentWriter.append_run"
 SEG_START = "SegmentWriter._start"
 LOG_APPEND = "LogWriter.append"
 CHECKPOINT = "Namespace.checkpoint"
@@ -75,6 +75,7 @@ def base_plan(tmp_path: Path, *, seed: int = 7, rank: int | None = None, n_ops: 
         "killed_at": str(tmp_path / f"{name}.killed_at"),
         "seed": seed, "n_ops": n_ops, "rank": rank,
         "segment_size": SEGMENT, "checkpoint_every": ROTATE, "checkpoint_on_close": 8,
+        "compact_batch": 1,  # one run per copied record, so faults land between copies
     }
 
 

@@ -1,7 +1,9 @@
 """Round trips, zero copy, rollover, selection, overwrite, bad input, damage and repair."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -429,26 +431,56 @@ def test_snapshot_lookup_with_colliding_hashes_and_the_largest_hash(tmp_path, mo
             gs["last"]
 
 
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _assert_golden_content(gs) -> None:
+    from golden_data import EXPECTED, expected_arrays
+    assert sorted(gs.keys()) == sorted(EXPECTED)
+    for key, arr in expected_arrays().items():
+        got = gs.read(key, verify=True)
+        assert got.dtype == arr.dtype and got.shape == arr.shape and bits(got) == bits(arr), key
+    assert gs.verify() == []
+
+
 def test_golden_store_reads_and_writes_the_same_bytes(tmp_path):
-    """tests/golden/v1.gs was written by format version 1.
+    """tests/golden/v2.gs was written by format version 2, the one written now.
 
     Reading it guards the reader; writing the same content again (clock
     pinned) and comparing every file byte for byte guards the writer.
     """
-    from golden_data import EXPECTED, expected_arrays, write_golden
-    golden = Path(__file__).parent / "golden" / "v1.gs"
+    from golden_data import write_golden
+    golden = GOLDEN / "v2.gs"
     with gradstore.open(golden) as gs:
-        assert sorted(gs.keys()) == sorted(EXPECTED)
-        for key, arr in expected_arrays().items():
-            got = gs.read(key, verify=True)
-            assert got.dtype == arr.dtype and got.shape == arr.shape and bits(got) == bits(arr), key
-        assert gs.verify() == []
-    fresh = tmp_path / "v1.gs"
+        _assert_golden_content(gs)
+    fresh = tmp_path / "v2.gs"
     write_golden(fresh)
     names = sorted(p.relative_to(golden).as_posix() for p in golden.rglob("*") if p.is_file())
     assert names == ["GRADSTORE", "main/data-000000.bin", "main/index-000000.log", "main/index.snap"]
     for name in names:
         assert (fresh / name).read_bytes() == (golden / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("how", ["index", "repair"])
+def test_version_1_store_is_read_and_appended_to(tmp_path, how):
+    """A store written by format version 1 reads as it did; a writer adds
+    version-2 records to it, and a rebuild keeps both (version-1 records are
+    older than any version-2 one)."""
+    path = tmp_path / "v1.gs"
+    shutil.copytree(GOLDEN / "v1.gs", path)
+    with gradstore.open(path) as gs:
+        _assert_golden_content(gs)
+    new = np.arange(7, dtype=np.float32)
+    with gradstore.open(path, "a") as gs:
+        gs.write("plain/key", new, overwrite=True)
+        gs.write("R_9_E_0_S_0_B_0/w", new)
+    assert json.loads((path / "GRADSTORE").read_text())["version"] == 2
+    if how == "repair":
+        gradstore.repair(path)
+    with gradstore.open(path) as gs:
+        assert bits(gs.read("plain/key", verify=True)) == bits(new)
+        assert bits(gs["R_9_E_0_S_0_B_0/w"]) == bits(new)
+        assert gs.verify() == []
 
 
 def test_appending_across_many_sessions(tmp_path):

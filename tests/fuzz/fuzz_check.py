@@ -55,10 +55,8 @@ def _short(exc: BaseException) -> str:
 
 
 def verified_read(gs, key: str) -> np.ndarray:
-    """The checksum-verified read: ``gs.read(key, verify=True)``, or ``gs.get(key, verify=True)``
-    in the API before ``get`` took dict semantics."""
-    read = getattr(gs, "read", None)
-    return read(key, verify=True) if read is not None else gs.get(key, verify=True)
+    """The checksum-verified read."""
+    return gs.read(key, verify=True)
 
 
 class Checker:
