@@ -1,7 +1,5 @@
 """``python -m gradstore``: the same as the ``gradstore`` command."""
-import sys
-
-from .cli import main
+from .entry import gradstore
 
 if __name__ == "__main__":
-    sys.exit(main())
+    gradstore()
