@@ -22,6 +22,7 @@ from . import dtypes
 from . import format as fmt
 from .errors import FormatError
 from .forms import Forms
+from .snapcheck import check_columns, check_forms
 from .segment import segment_name
 
 
@@ -371,7 +372,7 @@ class Index:
             raise ValueError("snapshot hash columns disagree with n")
         if n and (int(order.max()) >= n or (n > 1 and bool((hashes[1:] < hashes[:-1]).any()))):
             raise ValueError("snapshot hash columns are not a sorted permutation")
-        _check_columns(cols, dims, n)
+        check_columns(cols, dims, n)
         forms, form_of = Forms.of_rows(cols["kind"], cols["dtype"], cols["ndim"], dims)
         kstart = np.zeros(n, np.uint64)
         kstart[1:] = seps[:-1] + 1
@@ -395,7 +396,7 @@ class Index:
         idx._extra = {int(k): v for k, v in body["extra"].items()}
         idx._nums = cols["num"]
         idx.last_n = int(cols["num"].max()) if n else 0
-        _check_forms(forms, form_of, cols["plen"], idx._extra, cols["kind"])
+        check_forms(forms, form_of, cols["plen"], idx._extra, cols["kind"])
         # directory[b] = where the first row whose hash's top bits are >= b
         # starts (its byte offset).  With 2-4 slots per row, a key's row is the
         # first one tried 80-90% of the time.
@@ -412,37 +413,3 @@ class Index:
             idx._count[k] = int(np.count_nonzero(kinds == k))
         return idx
 
-
-def _check_columns(cols: dict, dims: np.ndarray, n: int) -> None:
-    """ValueError unless the snapshot's columns describe records a reader can serve."""
-    if n == 0:
-        return
-    if not np.isin(cols["kind"], _KINDS).all():
-        raise ValueError("snapshot has an unknown record kind")
-    if int(cols["dtype"].max()) >= len(dtypes.NAMES) or int(cols["ndim"].max()) > fmt.MAX_NDIM:
-        raise ValueError("snapshot has an unknown dtype or too many dimensions")
-    if bool((cols["time"] < 0).any()) or bool((dims >= np.uint64(2**63)).any()):
-        raise ValueError("snapshot has a bad time or dimension")
-    if bool((cols["offset"] % fmt.ALIGN).any()) or bool((cols["hlen"] % fmt.ALIGN).any()) \
-            or bool((cols["offset"] < fmt.SEG_HEADER_SIZE).any()):
-        raise ValueError("snapshot has a misaligned record")
-
-
-def _check_forms(forms: Forms, form_of: np.ndarray, plen: np.ndarray, extra: dict, kinds: np.ndarray) -> None:
-    """ValueError unless each tensor row's payload holds exactly its shape, and
-    each variant row has its codec."""
-    nbytes = []
-    for f in range(len(forms)):
-        kind, _, shape, name = forms.built[f] or forms.build(f)
-        size = dtypes.ITEMSIZE[name]
-        for d in shape:
-            size *= d
-        nbytes.append(min(size, 2**64 - 1) if kind == fmt.KIND_TENSOR else 0)
-    tensor = kinds == fmt.KIND_TENSOR
-    if not (np.array(nbytes, np.uint64)[form_of[tensor]] == plen[tensor]).all():
-        raise ValueError("snapshot has a payload length that disagrees with its shape")
-    for row in np.flatnonzero(~tensor).tolist():
-        facts = extra.get(row)
-        codec = facts.get("codec") if isinstance(facts, dict) else None
-        if not isinstance(codec, str) or not codec:
-            raise ValueError("snapshot has a variant without its codec")
