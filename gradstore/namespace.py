@@ -336,6 +336,10 @@ class Namespace:
                 problems.append(Problem(e.key, e.segment, e.offset, str(exc).split(": ")[-1]))
             except FileNotFoundError:
                 problems.append(Problem(e.key, e.segment, e.offset, "segment file is missing"))
+        known = {(p.segment, p.offset) for p in problems}
+        problems += [Problem("(unreadable record)", seg, off, why)
+                     for seg, off, why in recovery.invalid_records(self.dir, self.index)
+                     if (seg, off) not in known]
         return problems
 
     def compact(self) -> tuple[int, int]:

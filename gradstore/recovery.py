@@ -51,6 +51,27 @@ def _scan_segment(ns_dir: Path, stream: int, seq: int, start: int = fmt.SEG_HEAD
             if fmt.KIND_STREAM.get(rec.kind) == stream]
 
 
+def invalid_records(ns_dir: Path, index: Index) -> list[tuple[str, int, str]]:
+    """(segment, offset, reason) of what should be a record and is not, in the
+    committed part of each segment (up to the last record the index points
+    into: past it, a writer may be appending)."""
+    hw = index.high_water()
+    out = []
+    for stream in STREAMS:
+        mine = {seq: end for (s, seq), end in hw.items() if s == stream}
+        last = max(mine, default=-1)
+        for seq in list_segments(ns_dir, stream):
+            if seq > last:
+                break
+            bad: list[tuple[int, str]] = []
+            try:
+                scan(ns_dir / segment_name(stream, seq), stop=mine[seq] if seq == last else None, bad=bad)
+            except (FormatError, FileNotFoundError):
+                continue  # too short to be a segment: the index's entries there say so
+            out += [(f"{ns_dir.name}/{segment_name(stream, seq)}", off, why) for off, why in bad]
+    return out
+
+
 # -- the tail past the last committed record -------------------------------------------
 
 

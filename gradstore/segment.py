@@ -191,7 +191,8 @@ class SegmentMaps:
         self._maps.clear()
 
 
-def scan(path: Path, start: int = fmt.SEG_HEADER_SIZE) -> tuple[list[tuple[int, fmt.RecordHeader]], int]:
+def scan(path: Path, start: int = fmt.SEG_HEADER_SIZE, stop: int | None = None,
+         bad: list[tuple[int, str]] | None = None) -> tuple[list[tuple[int, fmt.RecordHeader]], int]:
     """Valid records of a segment in offset order, from ``start``, skipping damaged ones.
 
     After an invalid record the scan resynchronises on the next 64-aligned
@@ -203,6 +204,11 @@ def scan(path: Path, start: int = fmt.SEG_HEADER_SIZE) -> tuple[list[tuple[int, 
     header) and the offset where the last valid record ends, so callers can
     cut a torn tail.  A damaged segment header is not fatal: records check
     themselves.
+
+    ``stop``: scan no record that starts at or past it.  ``bad`` collects
+    (offset, reason) of what should be a record and is not: where a record
+    ends and neither another one nor zeros follow, and every record magic
+    the resync passes over that does not start a valid record.
     """
     where = f"{path.parent.name}/{path.name}"
     records: list[tuple[int, fmt.RecordHeader]] = []
@@ -212,17 +218,21 @@ def scan(path: Path, start: int = fmt.SEG_HEADER_SIZE) -> tuple[list[tuple[int, 
             raise FormatError(f"{where}: truncated segment header ({size} of 64 bytes)")
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     seq = int(_SEG_RE.fullmatch(path.name).group(2))
+    stop = size if stop is None else min(stop, size)
     pos = end = start
     try:
-        while pos < size:
+        while pos < stop:
             rec = _record_at(buf, pos, size, where, seq)
-            if rec is not None:
+            if not isinstance(rec, str):
                 records.append((pos, rec))
                 pos = end = pos + rec.total
                 continue
-            pos = buf.find(fmt.REC_MAGIC, pos + fmt.ALIGN)
+            if bad is not None and (buf[pos:pos + 4] == fmt.REC_MAGIC or pos == end) \
+                    and buf[pos:pos + fmt.ALIGN].count(0) < min(fmt.ALIGN, size - pos):
+                bad.append((pos, rec))
+            pos = buf.find(fmt.REC_MAGIC, pos + fmt.ALIGN, stop)
             while pos != -1 and pos % fmt.ALIGN:
-                pos = buf.find(fmt.REC_MAGIC, pos + 1)
+                pos = buf.find(fmt.REC_MAGIC, pos + 1, stop)
             if pos == -1:
                 break
         return records, min(end, size)
@@ -230,14 +240,14 @@ def scan(path: Path, start: int = fmt.SEG_HEADER_SIZE) -> tuple[list[tuple[int, 
         buf.close()
 
 
-def _record_at(buf, pos: int, size: int, where: str, seq: int):
+def _record_at(buf, pos: int, size: int, where: str, seq: int) -> fmt.RecordHeader | str:
+    """The valid record at ``pos``, or why there is none."""
     try:
         rec = fmt.unpack_record_header(buf, pos, where)
-    except FormatError:
-        return None
+    except FormatError as exc:
+        return str(exc).split(": ", 1)[-1]
     if rec.version >= 2 and (rec.seg != seq or rec.at != pos):
-        return None  # a record stored inside another one's payload
-    start = pos + rec.header_len
-    if start + rec.payload_len > size:
-        return None
+        return "a record written elsewhere (inside another record's payload?)"
+    if pos + rec.header_len + rec.payload_len > size:
+        return f"payload runs past the end of the file ({size} bytes)"
     return rec

@@ -145,11 +145,13 @@ def test_repair_never_resurrects_an_overwritten_value(tmp_path, damage):
     proc = subprocess.run([sys.executable, "-m", "gradstore", "repair", str(path)],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and ": w: newest version" in proc.stdout and "Traceback" not in proc.stderr
-    # a new write of the key heals it
+    # a new write of the key heals it; the damaged bytes are reported until compaction drops them
     with gradstore.open(path, "a") as gs:
         gs.write("w", new, overwrite=True)
-    with gradstore.open(path) as gs:
-        assert bits(verified(gs, "w")) == bits(new) and gs.verify() == []
+        assert bits(verified(gs, "w")) == bits(new)
+        assert all(p.key == "(unreadable record)" for p in gs.verify())
+        gs.compact()
+        assert gs.verify() == [] and bits(verified(gs, "w")) == bits(new)
 
 
 # -- 3. no phantom records from inside a payload ------------------------------------
@@ -177,7 +179,9 @@ def test_rebuild_never_indexes_records_inside_a_payload(tmp_path):
     gradstore.repair(path)
     with gradstore.open(path) as gs:
         assert sorted(gs.keys()) == ["after", "before"]
-        assert gs.verify() == []
+        problems = gs.verify()  # the damaged container is reported where it lies, no phantom as a key
+        assert problems and problems[0].offset == e.offset
+        assert all(p.key == "(unreadable record)" for p in problems)
 
 
 # -- 4. crafted or damaged metadata --------------------------------------------------------
@@ -376,3 +380,37 @@ def test_every_cut_of_an_uncommitted_bucket_leaves_all_of_it_or_none(tmp_path, t
         outcomes.add(len(bucket))
         shutil.rmtree(q)
     assert outcomes == {0, 4}
+
+
+@pytest.mark.parametrize("bad", ["no-dtype", "shape-larger", "nul-key"])
+def test_verify_reports_invalid_records_with_segment_and_offset(tmp_path, bad):
+    path = tmp_path / "s.gs"
+    truth = write_many(path, n=3)
+    seg = path / "main" / "data-000000.bin"
+    at = seg.stat().st_size
+    _append_crafted(path, BAD_META[bad], with_log=False)
+    good = np.arange(4, dtype=np.uint8)  # a valid record after it, so it lies among committed ones
+    mb = msgpack.packb({"key": "good", "dtype": "uint8", "shape": [4], "time": 1}, use_bin_type=True)
+    offset = seg.stat().st_size
+    rec = fmt.record_header(fmt.KIND_TENSOR, mb, 4, fmt.xxh3(good.tobytes()),
+                            fmt.Place(10_001, 0, offset, 0, 1)) + good.tobytes()
+    with open(seg, "ab") as f:
+        f.write(rec + bytes(fmt.align(len(rec)) - len(rec)))
+    for f in (path / "main").glob("index*"):
+        f.unlink()
+    for mode in ("r", "a"):
+        with gradstore.open(path, mode) as gs:
+            assert set(gs.keys()) == set(truth) | {"good"}
+            problems = gs.verify()
+            assert [(p.segment, p.offset) for p in problems] == [("main/data-000000.bin", at)], problems
+            assert "main/data-000000.bin @ " + str(at) in str(problems[0])
+
+
+def test_verify_of_a_clean_store_reports_nothing_after_overwrites_and_compaction(tmp_path):
+    path = tmp_path / "s.gs"
+    with gradstore.open(path, "a", segment_size=4096) as gs:
+        for i in range(20):
+            gs.write(f"k{i % 5}", np.full(100 + i, i, np.float32), overwrite=True)
+        assert gs.verify() == []
+        gs.compact()
+        assert gs.verify() == []
