@@ -18,8 +18,10 @@ ENTRY_POINT_GROUP = "gradstore.codecs"
 
 _BUILTIN: dict[str, str] = {
     "eg": "gradstore.codecs.eg:EGCodec",
+    "fpx": "gradstore.codecs.fpx:FpxCodec",
     "raw": "gradstore.codecs.raw:RawCodec",
     "zlib": "gradstore.codecs.zlib:ZlibCodec",
+    "zipnn": "gradstore.codecs.zipnn:ZipnnCodec",
     "zstd": "gradstore.codecs.zstd:ZstdCodec",
 }
 
