@@ -18,11 +18,15 @@ float64; the raw part is then whole bytes (3, 1, 1, 7).  Measured on real
 gradients, more mantissa bits in the symbol gain under 0.2%.  Other dtypes
 are stored raw (dtype code 0).
 
-Each symbol is coded in one of two contexts, whether the value before it
-(in its chunk) is a zero, so that runs of zeros cost almost nothing.  Every
-chunk of ``chunk`` values has its own frequency tables, so a bucket that
-mixes modules of different scales gets local models, and chunks can be
-coded independently.
+Each symbol is coded in one of two contexts, whether the value four
+positions before it (in its chunk) is a zero, so that runs of zeros cost
+almost nothing; four back rather than one, so that the four interleaved rANS
+states decode independently (a chain through every symbol decoded at half
+the speed, measured).  Every chunk of ``chunk`` values has its own
+frequency tables, so a bucket that mixes modules of different scales gets
+local models, and chunks can be coded independently.  ``Encoded.entropy_bits``
+is the bound of this model: the order-0 entropy of the symbols per chunk and
+context, plus the raw bits.
 
 Payload layout (version 1), integers little-endian::
 
@@ -30,7 +34,7 @@ Payload layout (version 1), integers little-endian::
     2   1  version = 1
     3   1  dtype code: 0 raw bytes, 1 float16, 2 bfloat16, 3 float32, 4 float64
     4   1  symbol bits = 8
-    5   1  scale: each table's frequencies sum to 2**scale (14)
+    5   1  scale: each table's frequencies sum to 2**scale (12)
     6   2  reserved, 0
     8   8  n, number of elements
     16  4  chunk, values per chunk
@@ -39,13 +43,14 @@ Payload layout (version 1), integers little-endian::
 
 then, for each of the ceil(n / chunk) chunks, three uint32: the byte
 lengths of its tables, rANS and raw parts; then each chunk's three parts.
-Tables: for context 0 (after a non-zero value, and at the chunk's start),
-then context 1 (after a zero): a varint count of present symbols, then per
-symbol, ascending, the varint gap from the previous one (minus one) and the
-varint frequency - 1.  rANS (32-bit states in [2**16, 2**32), 16-bit words,
-two states on even and odd positions, both starting and ending at 2**16):
-state 0 then state 1 as uint32, then the words in decoding order.  Raw: the
-(W - 8) / 8 bytes of each non-zero value, in order, little-endian.
+Tables: for context 0 (four back is a non-zero value, or before the chunk's
+start), then context 1 (four back is a zero): a varint count of present
+symbols, then per symbol, ascending, the varint gap from the previous one
+(minus one) and the varint frequency - 1; a context with no symbol has the table {0: 2**scale}.
+rANS (states in [2**15, 2**31), 16-bit words, state j codes the positions
+i with i % 4 == j, all four starting and ending at 2**15): states
+0 to 3 as uint32, then the words in decoding order.  Raw: the (W - 8) / 8
+bytes of each non-zero value, in order, little-endian.
 Dtype code 0: the raw bytes of the array follow the header.
 """
 from __future__ import annotations

@@ -18,8 +18,9 @@ from numba import njit
 T = 8                     # symbol bits: the 8 bits after the sign
 ZERO = 1 << T             # symbols of +0 and -0: ZERO, ZERO + 1
 A = ZERO + 2              # alphabet size
-CTX = 2                   # contexts: the previous value was not / was a zero
-RANS_L = 1 << 16          # rANS states live in [2**16, 2**32)
+CTX = 2                   # contexts: the value NS positions back was not / was a zero
+NS = 4                    # interleaved rANS states, one per position modulo NS
+RANS_L = 1 << 15          # rANS states live in [2**15, 2**31): the reciprocal division is exact there
 
 E_TABLE = -1              # a frequency table that is malformed or does not sum to 2**scale
 E_RANS = -2               # the rANS stream ran out, or did not end where it should
@@ -85,6 +86,143 @@ def _get_varint(buf, p, end):
 
 
 @njit(cache=True, nogil=True)
+def _split(u, lo, m, W, sym, raw):
+    """Pass 1 over a chunk: table row (context * A + symbol) of each value, raw bytes; returns raw length."""
+    nb = (W - T) // 8               # raw bytes of a non-zero value: sign, then the low bits
+    shift = W - 1 - T
+    low = (np.int64(1) << shift) - 1
+    absmask = (np.int64(1) << (W - 1)) - 1
+    q = 0
+    ks = np.zeros(NS, dtype=np.int64)   # context of each state's next position
+    for i in range(m):
+        v = np.int64(u[lo + i])
+        a = v & absmask
+        if a == 0:
+            s = ZERO + ((v >> (W - 1)) & 1)
+        else:
+            s = a >> shift
+            r = (v & low) | (((v >> (W - 1)) & 1) << shift)
+            if nb == 1:
+                raw[q] = r
+            elif nb == 3:
+                raw[q] = r & 0xFF
+                raw[q + 1] = (r >> 8) & 0xFF
+                raw[q + 2] = r >> 16
+            else:
+                for b in range(nb):
+                    raw[q + b] = (r >> (8 * b)) & 0xFF
+            q += nb
+        j = i & (NS - 1)
+        sym[i] = ks[j] + s
+        ks[j] = A if s >= ZERO else 0
+    return q
+
+
+@njit(cache=True, nogil=True)
+def _put_tables(freq, scale, out, p, enc):
+    """Write both contexts' tables at out[p]; fill the encoder's rows (ryg's reciprocal form of x / f)."""
+    M = np.int64(1) << scale
+    for k in range(CTX):
+        present = 0
+        for s in range(A):
+            if freq[k, s] > 0:
+                present += 1
+        p = _put_varint(out, p, present)
+        prev = -1
+        acc = np.int64(0)
+        for s in range(A):
+            f = freq[k, s]
+            if f == 0:
+                continue
+            p = _put_varint(out, p, s - prev - 1)
+            p = _put_varint(out, p, f - 1)
+            prev = s
+            row = k * A + s
+            enc[row, 0] = np.uint64(f) << np.uint64(31 - scale)      # x_max
+            enc[row, 3] = np.uint64(M - f)                          # complement
+            if f < 2:
+                enc[row, 1] = np.uint64(0xFFFFFFFF)                 # reciprocal
+                enc[row, 2] = np.uint64(0)                          # its shift
+                enc[row, 4] = np.uint64(acc + M - 1)                # bias
+            else:
+                sh = 0
+                while f > (np.int64(1) << sh):
+                    sh += 1
+                enc[row, 1] = np.uint64(((np.int64(1) << (sh + 31)) + f - 1) // f)
+                enc[row, 2] = np.uint64(sh - 1)
+                enc[row, 4] = np.uint64(acc)
+            acc += f
+    return p
+
+
+@njit(cache=True, nogil=True)
+def _rans(sym, m, enc, words):
+    """rANS-encode sym[:m] backwards, state i % NS for position i; returns the first word.
+
+    The step is written out per state: numba leaves tuple-returning helpers slow here.
+    """
+    x0 = x1 = x2 = x3 = np.uint64(RANS_L)
+    w = words.shape[0]
+    i = m - 1
+    while i >= 0 and (i & 3) != 3:  # the last, incomplete group
+        j = i & 3
+        if j == 0:
+            row = sym[i]
+            if x0 >= enc[row, 0]:
+                w -= 1
+                words[w] = x0 & np.uint64(0xFFFF)
+                x0 >>= np.uint64(16)
+            x0 = x0 + enc[row, 4] + (((x0 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        elif j == 1:
+            row = sym[i]
+            if x1 >= enc[row, 0]:
+                w -= 1
+                words[w] = x1 & np.uint64(0xFFFF)
+                x1 >>= np.uint64(16)
+            x1 = x1 + enc[row, 4] + (((x1 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        else:
+            row = sym[i]
+            if x2 >= enc[row, 0]:
+                w -= 1
+                words[w] = x2 & np.uint64(0xFFFF)
+                x2 >>= np.uint64(16)
+            x2 = x2 + enc[row, 4] + (((x2 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        i -= 1
+    while i > 0:
+        row = sym[i]
+        if x3 >= enc[row, 0]:
+            w -= 1
+            words[w] = x3 & np.uint64(0xFFFF)
+            x3 >>= np.uint64(16)
+        x3 = x3 + enc[row, 4] + (((x3 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        row = sym[i - 1]
+        if x2 >= enc[row, 0]:
+            w -= 1
+            words[w] = x2 & np.uint64(0xFFFF)
+            x2 >>= np.uint64(16)
+        x2 = x2 + enc[row, 4] + (((x2 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        row = sym[i - 2]
+        if x1 >= enc[row, 0]:
+            w -= 1
+            words[w] = x1 & np.uint64(0xFFFF)
+            x1 >>= np.uint64(16)
+        x1 = x1 + enc[row, 4] + (((x1 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        row = sym[i - 3]
+        if x0 >= enc[row, 0]:
+            w -= 1
+            words[w] = x0 & np.uint64(0xFFFF)
+            x0 >>= np.uint64(16)
+        x0 = x0 + enc[row, 4] + (((x0 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        i -= 4
+    for x in (x3, x2, x1, x0):      # x0 ends up first: the decoder reads it first
+        w -= 1
+        words[w] = (x >> np.uint64(16)) & np.uint64(0xFFFF)
+        w -= 1
+        words[w] = x & np.uint64(0xFFFF)
+    return w
+
+
+@njit(cache=True, nogil=True)
 def encode(u, W, scale, chunk, out, sizes, counts):
     """Encode all chunks of ``u`` into ``out``; returns the bytes written.
 
@@ -92,95 +230,26 @@ def encode(u, W, scale, chunk, out, sizes, counts):
     and raw bytes; ``counts[c, ctx]`` its symbol counts per context.
     """
     n = u.shape[0]
-    M = np.int64(1) << scale
-    nb = (W - T) // 8               # raw bytes of a non-zero value: sign, then the low bits
-    shift = W - 1 - T
-    low = (np.int64(1) << shift) - 1
-    absmask = (np.int64(1) << (W - 1)) - 1
+    nb = (W - T) // 8
     sym = np.empty(chunk, dtype=np.int64)
     raw = np.empty(chunk * nb + 8, dtype=np.uint8)
     freq = np.zeros((CTX, A), dtype=np.int64)
-    xmax = np.zeros((CTX, A), dtype=np.uint64)
-    rcp = np.zeros((CTX, A), dtype=np.uint64)
-    rshift = np.zeros((CTX, A), dtype=np.uint64)
-    bias = np.zeros((CTX, A), dtype=np.uint64)
-    cmpl = np.zeros((CTX, A), dtype=np.uint64)
+    enc = np.zeros((CTX * A, 5), dtype=np.uint64)
     words = np.empty(chunk + 4, dtype=np.uint16)
     p = 0
     c = 0
     for lo in range(0, n, chunk):
         m = min(n, lo + chunk) - lo
-        # symbols, counts per context, raw bytes
-        q = 0
+        q = _split(u, lo, m, W, sym, raw)
+        flat = counts[c].reshape(CTX * A)
         for i in range(m):
-            v = np.int64(u[lo + i])
-            a = v & absmask
-            if a == 0:
-                s = ZERO + ((v >> (W - 1)) & 1)
-            else:
-                s = a >> shift
-                r = (v & low) | (((v >> (W - 1)) & 1) << shift)
-                for b in range(nb):
-                    raw[q + b] = (r >> (8 * b)) & 0xFF
-                q += nb
-            sym[i] = s
-            counts[c, 1 if i > 1 and sym[i - 2] >= ZERO else 0, s] += 1
-        # tables, and the encoder's view of them (ryg's reciprocal form of x / f)
-        start = p
+            flat[sym[i]] += 1
         for k in range(CTX):
             _normalize(counts[c, k], counts[c, k].sum(), scale, freq[k])
-            present = 0
-            for s in range(A):
-                if freq[k, s] > 0:
-                    present += 1
-            p = _put_varint(out, p, present)
-            prev = -1
-            acc = np.int64(0)
-            for s in range(A):
-                f = freq[k, s]
-                if f == 0:
-                    continue
-                p = _put_varint(out, p, s - prev - 1)
-                p = _put_varint(out, p, f - 1)
-                prev = s
-                xmax[k, s] = np.uint64(f) << np.uint64(32 - scale)
-                cmpl[k, s] = np.uint64(M - f)
-                if f < 2:
-                    rcp[k, s] = np.uint64(0xFFFFFFFF)
-                    rshift[k, s] = np.uint64(0)
-                    bias[k, s] = np.uint64(acc + M - 1)
-                else:
-                    sh = 0
-                    while f > (np.int64(1) << sh):
-                        sh += 1
-                    rcp[k, s] = np.uint64(((np.int64(1) << (sh + 31)) + f - 1) // f)
-                    rshift[k, s] = np.uint64(sh - 1)
-                    bias[k, s] = np.uint64(acc)
-                acc += f
+        start = p
+        p = _put_tables(freq, scale, out, p, enc)
         sizes[c, 0] = p - start
-        # rANS, backwards, two states interleaved on even and odd positions
-        x0 = np.uint64(RANS_L)
-        x1 = np.uint64(RANS_L)
-        w = words.shape[0]
-        for i in range(m - 1, -1, -1):
-            s = sym[i]
-            k = 1 if i > 1 and sym[i - 2] >= ZERO else 0
-            x = x1 if i & 1 else x0
-            if x >= xmax[k, s]:
-                w -= 1
-                words[w] = x & np.uint64(0xFFFF)
-                x >>= np.uint64(16)
-            qq = ((x * rcp[k, s]) >> np.uint64(32)) >> rshift[k, s]
-            x = x + bias[k, s] + qq * cmpl[k, s]
-            if i & 1:
-                x1 = x
-            else:
-                x0 = x
-        for x in (x1, x0):          # x0 ends up first: the decoder reads it first
-            w -= 1
-            words[w] = (x >> np.uint64(16)) & np.uint64(0xFFFF)
-            w -= 1
-            words[w] = x & np.uint64(0xFFFF)
+        w = _rans(sym, m, enc, words)
         start = p
         for k in range(w, words.shape[0]):
             out[p] = words[k] & 0xFF
@@ -225,73 +294,217 @@ def _read_tables(buf, p, end, scale, dec):
 
 
 @njit(cache=True, nogil=True)
-def _symbols(buf, p, end, x0, x1, scale, dec, sym, m):
-    """rANS-decode m symbols into sym; (status, position after the words)."""
+def _chunk(buf, p, end, q_end, scale, dec, W, out, lo, m):
+    """Decode one chunk: the NS states, then the symbols from buf[p:end], each non-zero
+    value's raw bytes from buf[end:q_end]; 0 or a negative error code.
+
+    The step is written out per state: numba leaves tuple-returning helpers slow here.
+    """
     M = np.int64(1) << scale
     mask = M - 1
-    k0 = np.int64(0)
-    k1 = np.int64(0)
-    i = 0
-    while i < m:
+    nb = (W - T) // 8
+    shift = W - 1 - T
+    low = (np.int64(1) << shift) - 1
+    x = np.empty(NS, dtype=np.int64)
+    for j in range(NS):
+        x[j] = np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8) | (np.int64(buf[p + 2]) << 16) \
+            | (np.int64(buf[p + 3]) << 24)
+        p += 4
+    x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
+    k0 = k1 = k2 = k3 = np.int64(0)
+    q = end
+    i = lo
+    m += lo
+    while i + 4 <= m:
         e = dec[k0 + (x0 & mask)]
-        s = e & 0xFFFF
         x0 = (e >> 32) * (x0 >> scale) + ((e >> 16) & 0xFFFF)
         if x0 < RANS_L:
             if p + 2 > end:
-                return E_RANS, p
+                return E_RANS
             x0 = (x0 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
             p += 2
-        sym[i] = s
-        k0 = M if s >= ZERO else 0
-        i += 1
-        if i == m:
-            break
-        e = dec[k1 + (x1 & mask)]
         s = e & 0xFFFF
+        if s >= ZERO:
+            out[i] = (s - ZERO) << (W - 1)
+            k0 = M
+        else:
+            k0 = 0
+            if q + nb > q_end:
+                return E_RAW
+            if nb == 3:
+                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+            elif nb == 1:
+                r = np.int64(buf[q])
+            else:
+                r = np.int64(buf[q])
+                for b in range(1, nb):
+                    r |= np.int64(buf[q + b]) << (8 * b)
+            q += nb
+            out[i] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+        e = dec[k1 + (x1 & mask)]
         x1 = (e >> 32) * (x1 >> scale) + ((e >> 16) & 0xFFFF)
         if x1 < RANS_L:
             if p + 2 > end:
-                return E_RANS, p
+                return E_RANS
             x1 = (x1 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
             p += 2
-        sym[i] = s
-        k1 = M if s >= ZERO else 0
-        i += 1
-    if x0 != RANS_L or x1 != RANS_L or p != end:
-        return E_RANS, p
-    return 0, p
-
-
-@njit(cache=True, nogil=True)
-def _assemble(buf, q, sym, m, W, out):
-    """Values from symbols and raw bytes (checked to be exactly enough); nb is 1, 3 or 7."""
-    shift = W - 1 - T
-    low = (np.int64(1) << shift) - 1
-    nb = (W - T) // 8
-    for i in range(m):
-        s = sym[i]
+        s = e & 0xFFFF
+        if s >= ZERO:
+            out[i + 1] = (s - ZERO) << (W - 1)
+            k1 = M
+        else:
+            k1 = 0
+            if q + nb > q_end:
+                return E_RAW
+            if nb == 3:
+                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+            elif nb == 1:
+                r = np.int64(buf[q])
+            else:
+                r = np.int64(buf[q])
+                for b in range(1, nb):
+                    r |= np.int64(buf[q + b]) << (8 * b)
+            q += nb
+            out[i + 1] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+        e = dec[k2 + (x2 & mask)]
+        x2 = (e >> 32) * (x2 >> scale) + ((e >> 16) & 0xFFFF)
+        if x2 < RANS_L:
+            if p + 2 > end:
+                return E_RANS
+            x2 = (x2 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            p += 2
+        s = e & 0xFFFF
+        if s >= ZERO:
+            out[i + 2] = (s - ZERO) << (W - 1)
+            k2 = M
+        else:
+            k2 = 0
+            if q + nb > q_end:
+                return E_RAW
+            if nb == 3:
+                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+            elif nb == 1:
+                r = np.int64(buf[q])
+            else:
+                r = np.int64(buf[q])
+                for b in range(1, nb):
+                    r |= np.int64(buf[q + b]) << (8 * b)
+            q += nb
+            out[i + 2] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+        e = dec[k3 + (x3 & mask)]
+        x3 = (e >> 32) * (x3 >> scale) + ((e >> 16) & 0xFFFF)
+        if x3 < RANS_L:
+            if p + 2 > end:
+                return E_RANS
+            x3 = (x3 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            p += 2
+        s = e & 0xFFFF
+        if s >= ZERO:
+            out[i + 3] = (s - ZERO) << (W - 1)
+            k3 = M
+        else:
+            k3 = 0
+            if q + nb > q_end:
+                return E_RAW
+            if nb == 3:
+                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+            elif nb == 1:
+                r = np.int64(buf[q])
+            else:
+                r = np.int64(buf[q])
+                for b in range(1, nb):
+                    r |= np.int64(buf[q + b]) << (8 * b)
+            q += nb
+            out[i + 3] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+        i += 4
+    if i < m:
+        e = dec[k0 + (x0 & mask)]
+        x0 = (e >> 32) * (x0 >> scale) + ((e >> 16) & 0xFFFF)
+        if x0 < RANS_L:
+            if p + 2 > end:
+                return E_RANS
+            x0 = (x0 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            p += 2
+        s = e & 0xFFFF
         if s >= ZERO:
             out[i] = (s - ZERO) << (W - 1)
-            continue
-        if nb == 1:
-            r = np.int64(buf[q])
-        elif nb == 3:
-            r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+            k0 = M
         else:
-            r = np.int64(buf[q])
-            for b in range(1, nb):
-                r |= np.int64(buf[q + b]) << (8 * b)
-        q += nb
-        out[i] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+            k0 = 0
+            if q + nb > q_end:
+                return E_RAW
+            if nb == 3:
+                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+            elif nb == 1:
+                r = np.int64(buf[q])
+            else:
+                r = np.int64(buf[q])
+                for b in range(1, nb):
+                    r |= np.int64(buf[q + b]) << (8 * b)
+            q += nb
+            out[i] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+    if i + 1 < m:
+        e = dec[k1 + (x1 & mask)]
+        x1 = (e >> 32) * (x1 >> scale) + ((e >> 16) & 0xFFFF)
+        if x1 < RANS_L:
+            if p + 2 > end:
+                return E_RANS
+            x1 = (x1 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            p += 2
+        s = e & 0xFFFF
+        if s >= ZERO:
+            out[i + 1] = (s - ZERO) << (W - 1)
+            k1 = M
+        else:
+            k1 = 0
+            if q + nb > q_end:
+                return E_RAW
+            if nb == 3:
+                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+            elif nb == 1:
+                r = np.int64(buf[q])
+            else:
+                r = np.int64(buf[q])
+                for b in range(1, nb):
+                    r |= np.int64(buf[q + b]) << (8 * b)
+            q += nb
+            out[i + 1] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+    if i + 2 < m:
+        e = dec[k2 + (x2 & mask)]
+        x2 = (e >> 32) * (x2 >> scale) + ((e >> 16) & 0xFFFF)
+        if x2 < RANS_L:
+            if p + 2 > end:
+                return E_RANS
+            x2 = (x2 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            p += 2
+        s = e & 0xFFFF
+        if s >= ZERO:
+            out[i + 2] = (s - ZERO) << (W - 1)
+            k2 = M
+        else:
+            k2 = 0
+            if q + nb > q_end:
+                return E_RAW
+            if nb == 3:
+                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+            elif nb == 1:
+                r = np.int64(buf[q])
+            else:
+                r = np.int64(buf[q])
+                for b in range(1, nb):
+                    r |= np.int64(buf[q + b]) << (8 * b)
+            q += nb
+            out[i + 2] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+    if p != end or x0 != RANS_L or x1 != RANS_L or x2 != RANS_L or x3 != RANS_L:
+        return E_RANS
+    return 0 if q == q_end else E_RAW
 
 
 @njit(cache=True, nogil=True)
 def decode(buf, p, sizes, n, W, scale, chunk, out):
     """Decode the chunks starting at ``buf[p]`` into ``out``; 0 or a negative error code."""
     M = np.int64(1) << scale
-    nb = (W - T) // 8
     dec = np.empty(CTX * M, dtype=np.int64)
-    sym = np.empty(chunk, dtype=np.int64)
     end_all = buf.shape[0]
     c = 0
     for lo in range(0, n, chunk):
@@ -299,25 +512,14 @@ def decode(buf, p, sizes, n, W, scale, chunk, out):
         t_end = p + sizes[c, 0]
         r_end = t_end + sizes[c, 1]
         b_end = r_end + sizes[c, 2]
-        if b_end > end_all or sizes[c, 1] < 8 or sizes[c, 1] % 2:
+        if b_end > end_all or sizes[c, 1] < 4 * NS or sizes[c, 1] % 2:
             return E_SIZES
         status = _read_tables(buf, p, t_end, scale, dec)
         if status:
             return status
-        p = t_end
-        x0 = np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8) | (np.int64(buf[p + 2]) << 16) \
-            | (np.int64(buf[p + 3]) << 24)
-        x1 = np.int64(buf[p + 4]) | (np.int64(buf[p + 5]) << 8) | (np.int64(buf[p + 6]) << 16) \
-            | (np.int64(buf[p + 7]) << 24)
-        status, p = _symbols(buf, p + 8, r_end, x0, x1, scale, dec, sym, m)
+        status = _chunk(buf, t_end, r_end, b_end, scale, dec, W, out, lo, m)
         if status:
             return status
-        nonzero = 0                 # raw bytes: exactly nb per non-zero symbol
-        for i in range(m):
-            nonzero += sym[i] < ZERO
-        if nonzero * nb != b_end - r_end:
-            return E_RAW
-        _assemble(buf, r_end, sym, m, W, out[lo:lo + m])
         p = b_end
         c += 1
     return 0

@@ -216,3 +216,14 @@ def test_frozen_payloads(case):
     assert codec.encode(array).payload == payload
     out = codec.decode(payload, array.dtype, array.shape)
     assert out.dtype == array.dtype and out.tobytes() == array.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), BF16], ids=str)
+def test_embedding_like_sparse_rows(dtype):
+    """Mostly zero rows (tokens not in the batch): very skewed tables, long runs of one symbol."""
+    rng = np.random.default_rng(5)
+    x = np.zeros((3000, 64))
+    rows = rng.random(3000) < 0.03
+    x[rows] = rng.laplace(size=(rows.sum(), 64)) * 1e-4
+    check_roundtrip(get_codec("fpx"), x.astype(dtype))
+    check_roundtrip(get_codec(SMALL), x.astype(dtype))
