@@ -95,7 +95,7 @@ def _split(u, lo, m, W, sym, raw):
     q = 0
     ks = np.zeros(NS, dtype=np.int64)   # context of each state's next position
     for i in range(m):
-        v = np.int64(u[lo + i])
+        v = np.int64(u[np.uint64(lo + i)])
         a = v & absmask
         if a == 0:
             s = ZERO + ((v >> (W - 1)) & 1)
@@ -103,18 +103,18 @@ def _split(u, lo, m, W, sym, raw):
             s = a >> shift
             r = (v & low) | (((v >> (W - 1)) & 1) << shift)
             if nb == 1:
-                raw[q] = r
+                raw[np.uint64(q)] = r
             elif nb == 3:
-                raw[q] = r & 0xFF
-                raw[q + 1] = (r >> 8) & 0xFF
-                raw[q + 2] = r >> 16
+                raw[np.uint64(q)] = r & 0xFF
+                raw[np.uint64(q + 1)] = (r >> 8) & 0xFF
+                raw[np.uint64(q + 2)] = r >> 16
             else:
                 for b in range(nb):
-                    raw[q + b] = (r >> (8 * b)) & 0xFF
+                    raw[np.uint64(q + b)] = (r >> (8 * b)) & 0xFF
             q += nb
         j = i & (NS - 1)
-        sym[i] = ks[j] + s
-        ks[j] = A if s >= ZERO else 0
+        sym[np.uint64(i)] = ks[np.uint64(j)] + s
+        ks[np.uint64(j)] = A if s >= ZERO else 0
     return q
 
 
@@ -167,58 +167,58 @@ def _rans(sym, m, enc, words):
     while i >= 0 and (i & 3) != 3:  # the last, incomplete group
         j = i & 3
         if j == 0:
-            row = sym[i]
+            row = np.uint64(sym[np.uint64(i)])
             if x0 >= enc[row, 0]:
                 w -= 1
-                words[w] = x0 & np.uint64(0xFFFF)
+                words[np.uint64(w)] = x0 & np.uint64(0xFFFF)
                 x0 >>= np.uint64(16)
             x0 = x0 + enc[row, 4] + (((x0 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
         elif j == 1:
-            row = sym[i]
+            row = np.uint64(sym[np.uint64(i)])
             if x1 >= enc[row, 0]:
                 w -= 1
-                words[w] = x1 & np.uint64(0xFFFF)
+                words[np.uint64(w)] = x1 & np.uint64(0xFFFF)
                 x1 >>= np.uint64(16)
             x1 = x1 + enc[row, 4] + (((x1 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
         else:
-            row = sym[i]
+            row = np.uint64(sym[np.uint64(i)])
             if x2 >= enc[row, 0]:
                 w -= 1
-                words[w] = x2 & np.uint64(0xFFFF)
+                words[np.uint64(w)] = x2 & np.uint64(0xFFFF)
                 x2 >>= np.uint64(16)
             x2 = x2 + enc[row, 4] + (((x2 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
         i -= 1
     while i > 0:
-        row = sym[i]
+        row = np.uint64(sym[np.uint64(i)])
         if x3 >= enc[row, 0]:
             w -= 1
-            words[w] = x3 & np.uint64(0xFFFF)
+            words[np.uint64(w)] = x3 & np.uint64(0xFFFF)
             x3 >>= np.uint64(16)
         x3 = x3 + enc[row, 4] + (((x3 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
-        row = sym[i - 1]
+        row = np.uint64(sym[np.uint64(i - 1)])
         if x2 >= enc[row, 0]:
             w -= 1
-            words[w] = x2 & np.uint64(0xFFFF)
+            words[np.uint64(w)] = x2 & np.uint64(0xFFFF)
             x2 >>= np.uint64(16)
         x2 = x2 + enc[row, 4] + (((x2 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
-        row = sym[i - 2]
+        row = np.uint64(sym[np.uint64(i - 2)])
         if x1 >= enc[row, 0]:
             w -= 1
-            words[w] = x1 & np.uint64(0xFFFF)
+            words[np.uint64(w)] = x1 & np.uint64(0xFFFF)
             x1 >>= np.uint64(16)
         x1 = x1 + enc[row, 4] + (((x1 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
-        row = sym[i - 3]
+        row = np.uint64(sym[np.uint64(i - 3)])
         if x0 >= enc[row, 0]:
             w -= 1
-            words[w] = x0 & np.uint64(0xFFFF)
+            words[np.uint64(w)] = x0 & np.uint64(0xFFFF)
             x0 >>= np.uint64(16)
         x0 = x0 + enc[row, 4] + (((x0 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
         i -= 4
     for x in (x3, x2, x1, x0):      # x0 ends up first: the decoder reads it first
         w -= 1
-        words[w] = (x >> np.uint64(16)) & np.uint64(0xFFFF)
+        words[np.uint64(w)] = (x >> np.uint64(16)) & np.uint64(0xFFFF)
         w -= 1
-        words[w] = x & np.uint64(0xFFFF)
+        words[np.uint64(w)] = x & np.uint64(0xFFFF)
     return w
 
 
@@ -243,7 +243,7 @@ def encode(u, W, scale, chunk, out, sizes, counts):
         q = _split(u, lo, m, W, sym, raw)
         flat = counts[c].reshape(CTX * A)
         for i in range(m):
-            flat[sym[i]] += 1
+            flat[np.uint64(sym[np.uint64(i)])] += 1
         for k in range(CTX):
             _normalize(counts[c, k], counts[c, k].sum(), scale, freq[k])
         start = p
@@ -307,8 +307,8 @@ def _chunk(buf, p, end, q_end, scale, dec, W, out, lo, m):
     low = (np.int64(1) << shift) - 1
     x = np.empty(NS, dtype=np.int64)
     for j in range(NS):
-        x[j] = np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8) | (np.int64(buf[p + 2]) << 16) \
-            | (np.int64(buf[p + 3]) << 24)
+        x[j] = np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8) | (np.int64(buf[np.uint64(p + 2)]) << 16) \
+            | (np.int64(buf[np.uint64(p + 3)]) << 24)
         p += 4
     x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
     k0 = k1 = k2 = k3 = np.int64(0)
@@ -316,185 +316,185 @@ def _chunk(buf, p, end, q_end, scale, dec, W, out, lo, m):
     i = lo
     m += lo
     while i + 4 <= m:
-        e = dec[k0 + (x0 & mask)]
+        e = dec[np.uint64(k0 + (x0 & mask))]
         x0 = (e >> 32) * (x0 >> scale) + ((e >> 16) & 0xFFFF)
         if x0 < RANS_L:
             if p + 2 > end:
                 return E_RANS
-            x0 = (x0 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            x0 = (x0 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
             p += 2
         s = e & 0xFFFF
         if s >= ZERO:
-            out[i] = (s - ZERO) << (W - 1)
+            out[np.uint64(i)] = (s - ZERO) << (W - 1)
             k0 = M
         else:
             k0 = 0
             if q + nb > q_end:
                 return E_RAW
             if nb == 3:
-                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
             elif nb == 1:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
             else:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
                 for b in range(1, nb):
                     r |= np.int64(buf[q + b]) << (8 * b)
             q += nb
-            out[i] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
-        e = dec[k1 + (x1 & mask)]
+            out[np.uint64(i)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+        e = dec[np.uint64(k1 + (x1 & mask))]
         x1 = (e >> 32) * (x1 >> scale) + ((e >> 16) & 0xFFFF)
         if x1 < RANS_L:
             if p + 2 > end:
                 return E_RANS
-            x1 = (x1 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            x1 = (x1 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
             p += 2
         s = e & 0xFFFF
         if s >= ZERO:
-            out[i + 1] = (s - ZERO) << (W - 1)
+            out[np.uint64(i + 1)] = (s - ZERO) << (W - 1)
             k1 = M
         else:
             k1 = 0
             if q + nb > q_end:
                 return E_RAW
             if nb == 3:
-                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
             elif nb == 1:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
             else:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
                 for b in range(1, nb):
                     r |= np.int64(buf[q + b]) << (8 * b)
             q += nb
-            out[i + 1] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
-        e = dec[k2 + (x2 & mask)]
+            out[np.uint64(i + 1)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+        e = dec[np.uint64(k2 + (x2 & mask))]
         x2 = (e >> 32) * (x2 >> scale) + ((e >> 16) & 0xFFFF)
         if x2 < RANS_L:
             if p + 2 > end:
                 return E_RANS
-            x2 = (x2 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            x2 = (x2 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
             p += 2
         s = e & 0xFFFF
         if s >= ZERO:
-            out[i + 2] = (s - ZERO) << (W - 1)
+            out[np.uint64(i + 2)] = (s - ZERO) << (W - 1)
             k2 = M
         else:
             k2 = 0
             if q + nb > q_end:
                 return E_RAW
             if nb == 3:
-                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
             elif nb == 1:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
             else:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
                 for b in range(1, nb):
                     r |= np.int64(buf[q + b]) << (8 * b)
             q += nb
-            out[i + 2] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
-        e = dec[k3 + (x3 & mask)]
+            out[np.uint64(i + 2)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+        e = dec[np.uint64(k3 + (x3 & mask))]
         x3 = (e >> 32) * (x3 >> scale) + ((e >> 16) & 0xFFFF)
         if x3 < RANS_L:
             if p + 2 > end:
                 return E_RANS
-            x3 = (x3 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            x3 = (x3 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
             p += 2
         s = e & 0xFFFF
         if s >= ZERO:
-            out[i + 3] = (s - ZERO) << (W - 1)
+            out[np.uint64(i + 3)] = (s - ZERO) << (W - 1)
             k3 = M
         else:
             k3 = 0
             if q + nb > q_end:
                 return E_RAW
             if nb == 3:
-                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
             elif nb == 1:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
             else:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
                 for b in range(1, nb):
                     r |= np.int64(buf[q + b]) << (8 * b)
             q += nb
-            out[i + 3] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+            out[np.uint64(i + 3)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
         i += 4
     if i < m:
-        e = dec[k0 + (x0 & mask)]
+        e = dec[np.uint64(k0 + (x0 & mask))]
         x0 = (e >> 32) * (x0 >> scale) + ((e >> 16) & 0xFFFF)
         if x0 < RANS_L:
             if p + 2 > end:
                 return E_RANS
-            x0 = (x0 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            x0 = (x0 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
             p += 2
         s = e & 0xFFFF
         if s >= ZERO:
-            out[i] = (s - ZERO) << (W - 1)
+            out[np.uint64(i)] = (s - ZERO) << (W - 1)
             k0 = M
         else:
             k0 = 0
             if q + nb > q_end:
                 return E_RAW
             if nb == 3:
-                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
             elif nb == 1:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
             else:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
                 for b in range(1, nb):
                     r |= np.int64(buf[q + b]) << (8 * b)
             q += nb
-            out[i] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+            out[np.uint64(i)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
     if i + 1 < m:
-        e = dec[k1 + (x1 & mask)]
+        e = dec[np.uint64(k1 + (x1 & mask))]
         x1 = (e >> 32) * (x1 >> scale) + ((e >> 16) & 0xFFFF)
         if x1 < RANS_L:
             if p + 2 > end:
                 return E_RANS
-            x1 = (x1 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            x1 = (x1 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
             p += 2
         s = e & 0xFFFF
         if s >= ZERO:
-            out[i + 1] = (s - ZERO) << (W - 1)
+            out[np.uint64(i + 1)] = (s - ZERO) << (W - 1)
             k1 = M
         else:
             k1 = 0
             if q + nb > q_end:
                 return E_RAW
             if nb == 3:
-                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
             elif nb == 1:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
             else:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
                 for b in range(1, nb):
                     r |= np.int64(buf[q + b]) << (8 * b)
             q += nb
-            out[i + 1] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+            out[np.uint64(i + 1)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
     if i + 2 < m:
-        e = dec[k2 + (x2 & mask)]
+        e = dec[np.uint64(k2 + (x2 & mask))]
         x2 = (e >> 32) * (x2 >> scale) + ((e >> 16) & 0xFFFF)
         if x2 < RANS_L:
             if p + 2 > end:
                 return E_RANS
-            x2 = (x2 << 16) | np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)
+            x2 = (x2 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
             p += 2
         s = e & 0xFFFF
         if s >= ZERO:
-            out[i + 2] = (s - ZERO) << (W - 1)
+            out[np.uint64(i + 2)] = (s - ZERO) << (W - 1)
             k2 = M
         else:
             k2 = 0
             if q + nb > q_end:
                 return E_RAW
             if nb == 3:
-                r = np.int64(buf[q]) | (np.int64(buf[q + 1]) << 8) | (np.int64(buf[q + 2]) << 16)
+                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
             elif nb == 1:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
             else:
-                r = np.int64(buf[q])
+                r = np.int64(buf[np.uint64(q)])
                 for b in range(1, nb):
                     r |= np.int64(buf[q + b]) << (8 * b)
             q += nb
-            out[i + 2] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+            out[np.uint64(i + 2)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
     if p != end or x0 != RANS_L or x1 != RANS_L or x2 != RANS_L or x3 != RANS_L:
         return E_RANS
     return 0 if q == q_end else E_RAW
