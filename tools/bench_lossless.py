@@ -109,12 +109,12 @@ def table(title: str, sets: dict[str, list[np.ndarray]], repeat: int) -> dict:
     results = {name: {spec: run(spec, ts, repeat) for spec in CONTENDERS} for name, ts in sets.items()}
     raw = {name: sum(x.nbytes for x in ts) for name, ts in sets.items()}
     print(f"\n{title}")
-    head = f"{'':34s}" + "".join(f"| {name} ({raw[name] / 2**20:.0f} MiB, {len(sets[name])} tensors)".ljust(45)
+    head = f"{'':42s}" + "".join(f"| {name} ({raw[name] / 2**20:.0f} MiB, {len(sets[name])} tensors)".ljust(45)
                                  for name in sets)
     print(head)
-    print(f"{'':34s}" + "| size/raw  enc MB/s  dec MB/s  round trip  " * len(sets))
+    print(f"{'':42s}" + "| size/raw  enc MB/s  dec MB/s  round trip  " * len(sets))
     for spec in CONTENDERS:
-        line = f"{spec:34s}"
+        line = f"{spec:42s}"
         for name in sets:
             r = results[name][spec]
             if "error" in r:
@@ -133,7 +133,7 @@ def table(title: str, sets: dict[str, list[np.ndarray]], repeat: int) -> dict:
         if r.get("entropy"):
             rows.setdefault("fpx model order-0 (per chunk)", {})[name] = r["entropy"]
     for label, by_set in rows.items():
-        line = f"{'bound: ' + label:34s}"
+        line = f"{'bound: ' + label:42s}"
         for name in sets:
             line += f"| {by_set[name] / raw[name]:8.4f}".ljust(45) if name in by_set else "| -".ljust(45)
         print(line)

@@ -113,15 +113,17 @@ class FpxCodec(Codec):
         code, lane, W = layout
         u = array.reshape(-1).view(lane)
         nchunks = -(-n // chunk)
-        bound = n * (2 + (W - K.T) // 8) + nchunks * (16 + 8 * K.A)
-        out = np.empty(12 * nchunks + bound, dtype=np.uint8)
+        # at most one rANS word per value, its raw bytes; per chunk 4 states and 2 tables
+        bound = n * (2 + (W - K.T) // 8) + nchunks * (4 * K.NS + K.CTX * (2 + 4 * K.A))
+        start = HEADER.size + 12 * nchunks
+        out = np.empty(start + bound, dtype=np.uint8)
         sizes = np.zeros((nchunks, 3), dtype=np.int64)
         counts = np.zeros((nchunks, K.CTX, K.A), dtype=np.int64)
-        used = K.encode(u, W, SCALE, chunk, out[12 * nchunks:], sizes, counts)
-        out[:12 * nchunks] = np.frombuffer(sizes.astype("<u4").tobytes(), dtype=np.uint8)
-        body = out[:12 * nchunks + used]
-        header = HEADER.pack(MAGIC, VERSION, code, K.T, SCALE, 0, n, chunk, 0, _digest(body))
-        payload = header + body.tobytes()
+        end = start + K.encode(u, W, SCALE, chunk, out[start:], sizes, counts)
+        out[HEADER.size:start] = np.frombuffer(sizes.astype("<u4").tobytes(), dtype=np.uint8)
+        out[:HEADER.size] = np.frombuffer(HEADER.pack(
+            MAGIC, VERSION, code, K.T, SCALE, 0, n, chunk, 0, _digest(out[HEADER.size:end])), dtype=np.uint8)
+        payload = out[:end].tobytes()
         info = {"chunks": nchunks, "table_bytes": int(sizes[:, 0].sum()),
                 "rans_bytes": int(sizes[:, 1].sum()), "raw_bytes": int(sizes[:, 2].sum())}
         return Encoded(payload, 8 * len(payload), n, _model_bits(counts, W), info)

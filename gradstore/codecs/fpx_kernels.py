@@ -86,8 +86,9 @@ def _get_varint(buf, p, end):
 
 
 @njit(cache=True, nogil=True)
-def _split(u, lo, m, W, sym, raw):
-    """Pass 1 over a chunk: table row (context * A + symbol) of each value, raw bytes; returns raw length."""
+def _split(u, lo, m, W, sym, raw, counts):
+    """Pass 1 over a chunk: table row (context * A + symbol) of each value, its count, raw bytes;
+    returns the raw length."""
     nb = (W - T) // 8               # raw bytes of a non-zero value: sign, then the low bits
     shift = W - 1 - T
     low = (np.int64(1) << shift) - 1
@@ -113,7 +114,9 @@ def _split(u, lo, m, W, sym, raw):
                     raw[np.uint64(q + b)] = (r >> (8 * b)) & 0xFF
             q += nb
         j = i & (NS - 1)
-        sym[np.uint64(i)] = ks[np.uint64(j)] + s
+        row = ks[np.uint64(j)] + s
+        sym[np.uint64(i)] = row
+        counts[np.uint64(row)] += 1
         ks[np.uint64(j)] = A if s >= ZERO else 0
     return q
 
@@ -240,10 +243,7 @@ def encode(u, W, scale, chunk, out, sizes, counts):
     c = 0
     for lo in range(0, n, chunk):
         m = min(n, lo + chunk) - lo
-        q = _split(u, lo, m, W, sym, raw)
-        flat = counts[c].reshape(CTX * A)
-        for i in range(m):
-            flat[np.uint64(sym[np.uint64(i)])] += 1
+        q = _split(u, lo, m, W, sym, raw, counts[c].reshape(CTX * A))
         for k in range(CTX):
             _normalize(counts[c, k], counts[c, k].sum(), scale, freq[k])
         start = p
