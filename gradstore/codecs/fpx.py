@@ -62,6 +62,7 @@ import numpy as np
 import xxhash
 
 from ..errors import CodecError
+from . import fpx_decode, fpx_encode
 from . import fpx_kernels as K
 from .codec import Codec, Encoded, Param, as_bytes, element_count, integer
 
@@ -119,7 +120,7 @@ class FpxCodec(Codec):
         out = np.empty(start + bound, dtype=np.uint8)
         sizes = np.zeros((nchunks, 3), dtype=np.int64)
         counts = np.zeros((nchunks, K.CTX, K.A), dtype=np.int64)
-        end = start + K.encode(u, W, SCALE, chunk, out[start:], sizes, counts)
+        end = start + fpx_encode.encode(u, W, SCALE, chunk, out[start:], sizes, counts)
         out[HEADER.size:start] = np.frombuffer(sizes.astype("<u4").tobytes(), dtype=np.uint8)
         out[:HEADER.size] = np.frombuffer(HEADER.pack(
             MAGIC, VERSION, code, K.T, SCALE, 0, n, chunk, 0, _digest(out[HEADER.size:end])), dtype=np.uint8)
@@ -160,7 +161,7 @@ class FpxCodec(Codec):
         if int(sizes.sum()) != len(body) - 12 * nchunks:
             raise CodecError("corrupt fpx payload: chunk sizes do not add up to its length")
         out = np.empty(n, dtype=lane)
-        status = K.decode(body, 12 * nchunks, sizes, n, W, scale, chunk, out)
+        status = fpx_decode.decode(body, 12 * nchunks, sizes, n, W, scale, chunk, out)
         if status:
             raise CodecError(f"corrupt fpx payload: {ERRORS.get(status, status)}")
         return out.view(dtype).reshape(shape)

@@ -1,0 +1,185 @@
+"""numba kernels of the ``fpx`` encoder: symbols and raw bytes, tables, rANS (layout in ``fpx.py``)."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .fpx_kernels import A, CTX, NS, RANS_L, T, ZERO, _normalize, _put_varint
+
+
+@njit(cache=True, nogil=True)
+def _split(u, lo, m, W, sym, raw, counts):
+    """Pass 1 over a chunk: table row (context * A + symbol) of each value, its count, raw bytes;
+    returns the raw length."""
+    nb = (W - T) // 8               # raw bytes of a non-zero value: sign, then the low bits
+    shift = W - 1 - T
+    low = (np.int64(1) << shift) - 1
+    absmask = (np.int64(1) << (W - 1)) - 1
+    q = 0
+    ks = np.zeros(NS, dtype=np.int64)   # context of each state's next position
+    for i in range(m):
+        v = np.int64(u[np.uint64(lo + i)])
+        a = v & absmask
+        if a == 0:
+            s = ZERO + ((v >> (W - 1)) & 1)
+        else:
+            s = a >> shift
+            r = (v & low) | (((v >> (W - 1)) & 1) << shift)
+            if nb == 1:
+                raw[np.uint64(q)] = r
+            elif nb == 3:
+                raw[np.uint64(q)] = r & 0xFF
+                raw[np.uint64(q + 1)] = (r >> 8) & 0xFF
+                raw[np.uint64(q + 2)] = r >> 16
+            else:
+                for b in range(nb):
+                    raw[np.uint64(q + b)] = (r >> (8 * b)) & 0xFF
+            q += nb
+        j = i & (NS - 1)
+        row = ks[np.uint64(j)] + s
+        sym[np.uint64(i)] = row
+        counts[np.uint64(row)] += 1
+        ks[np.uint64(j)] = A if s >= ZERO else 0
+    return q
+
+
+@njit(cache=True, nogil=True)
+def _put_tables(freq, scale, out, p, enc):
+    """Write both contexts' tables at out[p]; fill the encoder's rows (ryg's reciprocal form of x / f)."""
+    M = np.int64(1) << scale
+    for k in range(CTX):
+        present = 0
+        for s in range(A):
+            if freq[k, s] > 0:
+                present += 1
+        p = _put_varint(out, p, present)
+        prev = -1
+        acc = np.int64(0)
+        for s in range(A):
+            f = freq[k, s]
+            if f == 0:
+                continue
+            p = _put_varint(out, p, s - prev - 1)
+            p = _put_varint(out, p, f - 1)
+            prev = s
+            row = k * A + s
+            enc[row, 0] = np.uint64(f) << np.uint64(31 - scale)      # x_max
+            enc[row, 3] = np.uint64(M - f)                          # complement
+            if f < 2:
+                enc[row, 1] = np.uint64(0xFFFFFFFF)                 # reciprocal
+                enc[row, 2] = np.uint64(0)                          # its shift
+                enc[row, 4] = np.uint64(acc + M - 1)                # bias
+            else:
+                sh = 0
+                while f > (np.int64(1) << sh):
+                    sh += 1
+                enc[row, 1] = np.uint64(((np.int64(1) << (sh + 31)) + f - 1) // f)
+                enc[row, 2] = np.uint64(sh - 1)
+                enc[row, 4] = np.uint64(acc)
+            acc += f
+    return p
+
+
+@njit(cache=True, nogil=True)
+def _rans(sym, m, enc, words):
+    """rANS-encode sym[:m] backwards, state i % NS for position i; returns the first word.
+
+    The step is written out per state: numba leaves tuple-returning helpers slow here.
+    """
+    x0 = x1 = x2 = x3 = np.uint64(RANS_L)
+    w = words.shape[0]
+    i = m - 1
+    while i >= 0 and (i & 3) != 3:  # the last, incomplete group
+        j = i & 3
+        if j == 0:
+            row = np.uint64(sym[np.uint64(i)])
+            if x0 >= enc[row, 0]:
+                w -= 1
+                words[np.uint64(w)] = x0 & np.uint64(0xFFFF)
+                x0 >>= np.uint64(16)
+            x0 = x0 + enc[row, 4] + (((x0 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        elif j == 1:
+            row = np.uint64(sym[np.uint64(i)])
+            if x1 >= enc[row, 0]:
+                w -= 1
+                words[np.uint64(w)] = x1 & np.uint64(0xFFFF)
+                x1 >>= np.uint64(16)
+            x1 = x1 + enc[row, 4] + (((x1 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        else:
+            row = np.uint64(sym[np.uint64(i)])
+            if x2 >= enc[row, 0]:
+                w -= 1
+                words[np.uint64(w)] = x2 & np.uint64(0xFFFF)
+                x2 >>= np.uint64(16)
+            x2 = x2 + enc[row, 4] + (((x2 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        i -= 1
+    while i > 0:
+        row = np.uint64(sym[np.uint64(i)])
+        if x3 >= enc[row, 0]:
+            w -= 1
+            words[np.uint64(w)] = x3 & np.uint64(0xFFFF)
+            x3 >>= np.uint64(16)
+        x3 = x3 + enc[row, 4] + (((x3 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        row = np.uint64(sym[np.uint64(i - 1)])
+        if x2 >= enc[row, 0]:
+            w -= 1
+            words[np.uint64(w)] = x2 & np.uint64(0xFFFF)
+            x2 >>= np.uint64(16)
+        x2 = x2 + enc[row, 4] + (((x2 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        row = np.uint64(sym[np.uint64(i - 2)])
+        if x1 >= enc[row, 0]:
+            w -= 1
+            words[np.uint64(w)] = x1 & np.uint64(0xFFFF)
+            x1 >>= np.uint64(16)
+        x1 = x1 + enc[row, 4] + (((x1 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        row = np.uint64(sym[np.uint64(i - 3)])
+        if x0 >= enc[row, 0]:
+            w -= 1
+            words[np.uint64(w)] = x0 & np.uint64(0xFFFF)
+            x0 >>= np.uint64(16)
+        x0 = x0 + enc[row, 4] + (((x0 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        i -= 4
+    for x in (x3, x2, x1, x0):      # x0 ends up first: the decoder reads it first
+        w -= 1
+        words[np.uint64(w)] = (x >> np.uint64(16)) & np.uint64(0xFFFF)
+        w -= 1
+        words[np.uint64(w)] = x & np.uint64(0xFFFF)
+    return w
+
+
+@njit(cache=True, nogil=True)
+def encode(u, W, scale, chunk, out, sizes, counts):
+    """Encode all chunks of ``u`` into ``out``; returns the bytes written.
+
+    ``sizes[c]`` receives the byte lengths of chunk c's tables, rANS words
+    and raw bytes; ``counts[c, ctx]`` its symbol counts per context.
+    """
+    n = u.shape[0]
+    nb = (W - T) // 8
+    sym = np.empty(chunk, dtype=np.int64)
+    raw = np.empty(chunk * nb + 8, dtype=np.uint8)
+    freq = np.zeros((CTX, A), dtype=np.int64)
+    enc = np.zeros((CTX * A, 5), dtype=np.uint64)
+    words = np.empty(chunk + 4, dtype=np.uint16)
+    p = 0
+    c = 0
+    for lo in range(0, n, chunk):
+        m = min(n, lo + chunk) - lo
+        q = _split(u, lo, m, W, sym, raw, counts[c].reshape(CTX * A))
+        for k in range(CTX):
+            _normalize(counts[c, k], counts[c, k].sum(), scale, freq[k])
+        start = p
+        p = _put_tables(freq, scale, out, p, enc)
+        sizes[c, 0] = p - start
+        w = _rans(sym, m, enc, words)
+        start = p
+        for k in range(w, words.shape[0]):
+            out[p] = words[k] & 0xFF
+            out[p + 1] = words[k] >> 8
+            p += 2
+        sizes[c, 1] = p - start
+        out[p:p + q] = raw[:q]
+        p += q
+        sizes[c, 2] = q
+        c += 1
+    return p
