@@ -1,7 +1,9 @@
 """Codecs: turn one array into bytes and back, behind one small interface.
 
-Built in: ``eg`` (Exp-Golomb entropy coding of quantized values), ``zlib``,
-``zstd`` and ``raw``.  Plug-ins register classes under the entry-point group
+Built in: ``eg`` (Exp-Golomb entropy coding of quantized values, lossy),
+``fpx`` (lossless float coding: rANS over the exponent byte, per chunk),
+``zlib``, ``zstd``, ``raw``, and ``zipnn`` (an adapter, when the zipnn
+package is installed).  Plug-ins register classes under the entry-point group
 ``gradstore.codecs`` (``gradstore.codecs.testing.check_codec`` is the test
 they should pass).  A spec string such as ``eg:k=auto,remap=rank`` names a
 codec the same way in the CLI and the API.  Importing this package loads
