@@ -164,85 +164,34 @@ def _chunk(buf, p, end, q_end, scale, dec, W, out, lo, m):
             q += nb
             out[np.uint64(i + 3)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
         i += 4
-    if i < m:
-        e = dec[np.uint64(k0 + (x0 & mask))]
-        x0 = (e >> 32) * (x0 >> scale) + ((e >> 16) & 0xFFFF)
-        if x0 < RANS_L:
+    # The last m % 4 values, state by state (rare: no need to unroll).
+    x[0], x[1], x[2], x[3] = x0, x1, x2, x3
+    ks = np.empty(NS, dtype=np.int64)
+    ks[0], ks[1], ks[2], ks[3] = k0, k1, k2, k3
+    for j in range(m - i):
+        e = dec[np.uint64(ks[j] + (x[j] & mask))]
+        xj = (e >> 32) * (x[j] >> scale) + ((e >> 16) & 0xFFFF)
+        if xj < RANS_L:
             if p + 2 > end:
                 return E_RANS
-            x0 = (x0 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
+            xj = (xj << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
             p += 2
+        x[j] = xj
         s = e & 0xFFFF
         if s >= ZERO:
-            out[np.uint64(i)] = (s - ZERO) << (W - 1)
-            k0 = M
+            out[np.uint64(i + j)] = (s - ZERO) << (W - 1)
         else:
-            k0 = 0
             if q + nb > q_end:
                 return E_RAW
-            if nb == 3:
-                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
-            elif nb == 1:
-                r = np.int64(buf[np.uint64(q)])
-            else:
-                r = np.int64(buf[np.uint64(q)])
-                for b in range(1, nb):
-                    r |= np.int64(buf[q + b]) << (8 * b)
+            r = np.int64(buf[np.uint64(q)])
+            for b in range(1, nb):
+                r |= np.int64(buf[q + b]) << (8 * b)
             q += nb
-            out[np.uint64(i)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
-    if i + 1 < m:
-        e = dec[np.uint64(k1 + (x1 & mask))]
-        x1 = (e >> 32) * (x1 >> scale) + ((e >> 16) & 0xFFFF)
-        if x1 < RANS_L:
-            if p + 2 > end:
-                return E_RANS
-            x1 = (x1 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
-            p += 2
-        s = e & 0xFFFF
-        if s >= ZERO:
-            out[np.uint64(i + 1)] = (s - ZERO) << (W - 1)
-            k1 = M
-        else:
-            k1 = 0
-            if q + nb > q_end:
-                return E_RAW
-            if nb == 3:
-                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
-            elif nb == 1:
-                r = np.int64(buf[np.uint64(q)])
-            else:
-                r = np.int64(buf[np.uint64(q)])
-                for b in range(1, nb):
-                    r |= np.int64(buf[q + b]) << (8 * b)
-            q += nb
-            out[np.uint64(i + 1)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
-    if i + 2 < m:
-        e = dec[np.uint64(k2 + (x2 & mask))]
-        x2 = (e >> 32) * (x2 >> scale) + ((e >> 16) & 0xFFFF)
-        if x2 < RANS_L:
-            if p + 2 > end:
-                return E_RANS
-            x2 = (x2 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
-            p += 2
-        s = e & 0xFFFF
-        if s >= ZERO:
-            out[np.uint64(i + 2)] = (s - ZERO) << (W - 1)
-            k2 = M
-        else:
-            k2 = 0
-            if q + nb > q_end:
-                return E_RAW
-            if nb == 3:
-                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
-            elif nb == 1:
-                r = np.int64(buf[np.uint64(q)])
-            else:
-                r = np.int64(buf[np.uint64(q)])
-                for b in range(1, nb):
-                    r |= np.int64(buf[q + b]) << (8 * b)
-            q += nb
-            out[np.uint64(i + 2)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
-    if p != end or x0 != RANS_L or x1 != RANS_L or x2 != RANS_L or x3 != RANS_L:
+            out[np.uint64(i + j)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+    for j in range(NS):
+        if x[j] != RANS_L:
+            return E_RANS
+    if p != end:
         return E_RANS
     return 0 if q == q_end else E_RAW
 
