@@ -89,16 +89,27 @@ def _create_marker(path: Path, marker: Path, segment_size) -> None:
                    if not (n == fmt.MARKER or n.startswith(fmt.MARKER + ".tmp") or NAMESPACE_RE.fullmatch(n))]
         if foreign:
             raise FormatError(f"{path}: exists and is not a gradstore store")
-    path.mkdir(parents=True, exist_ok=True)
     size = parse_size(segment_size) if segment_size is not None else DEFAULT_SEGMENT_SIZE
     meta = {"format": "gradstore", "version": fmt.VERSION, "segment_size": size}
+    created = not path.exists()
     tmp = path / f"{fmt.MARKER}.tmp.{os.getpid()}.{time.time_ns()}"
     try:
-        _write_durably(tmp, meta)
+        path.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(tmp, marker)
-        except FileExistsError:
-            pass  # another writer created the store first; use its marker
-    finally:
-        tmp.unlink(missing_ok=True)
+            _write_durably(tmp, meta)
+            try:
+                os.link(tmp, marker)
+            except FileExistsError:
+                pass  # another writer created the store first; use its marker
+        finally:
+            tmp.unlink(missing_ok=True)
+    except BaseException:
+        # Interrupted (Ctrl-C, disk full) before the marker was in place: leave
+        # no directory that looks like a store but is none.
+        if created:
+            try:
+                path.rmdir()
+            except OSError:
+                pass  # not empty: another rank is creating the same store
+        raise
     fsync_dir(path)

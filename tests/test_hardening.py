@@ -414,3 +414,22 @@ def test_verify_of_a_clean_store_reports_nothing_after_overwrites_and_compaction
         assert gs.verify() == []
         gs.compact()
         assert gs.verify() == []
+
+
+def test_a_store_whose_creation_is_interrupted_leaves_no_directory(tmp_path, monkeypatch):
+    """A Ctrl-C (or a full disk) before the marker is in place must not leave a
+    directory that is not a store: readers would refuse it."""
+    import gradstore.marker as marker
+    path = tmp_path / "new.gs"
+
+    def interrupted(tmp, meta):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(marker, "_write_durably", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        gradstore.open(path, "a")
+    assert not path.exists()
+    monkeypatch.undo()
+    with gradstore.open(path, "a") as gs:
+        gs.write("k", np.arange(3.0))
+    assert gradstore.open(path).keys() == ["k"]
