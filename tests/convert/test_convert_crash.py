@@ -113,14 +113,16 @@ def _readers(pid: int) -> list[int]:
     return out
 
 
-def test_a_reader_killed_mid_run_fails_its_files_only(src, dest):
-    """SIGKILL to a reader: the files in flight are reported and kept, the run goes on
-    with new readers and ends (no hang on the dead pool), and a re-run completes."""
-    expected = write_buckets(src, FILES, dtype=torch.float32, modules=4, size=1 << 16)
-    args = [sys.executable, "-m", "gradstore.convert", str(src), str(dest), "-j", "2",
+def reader_kill_args(src, dest) -> list[str]:
+    return [sys.executable, "-m", "gradstore.convert", str(src), str(dest), "-j", "2",
             "--delete-source", "-v", "--no-progress"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env())
+
+
+def convert_killing_a_reader(src, dest, after: int = 5) -> tuple[int, str, int | None]:
+    """Run gradstore-convert -j 2 over ``src`` and SIGKILL one of its readers once
+    ``after`` files are converted: (exit status, stderr, the pid killed)."""
+    proc = subprocess.Popen(reader_kill_args(src, dest), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=cli_env())
     hung = threading.Timer(120, proc.kill)   # a writer stuck on the dead pool never closes stdout
     hung.start()
     killed = None
@@ -128,7 +130,7 @@ def test_a_reader_killed_mid_run_fails_its_files_only(src, dest):
         done = 0
         for line in proc.stdout:
             done += line.startswith("converted ")
-            if done == 5 and killed is None:
+            if done == after and killed is None:
                 readers = _readers(proc.pid)
                 assert len(readers) == 2, readers
                 killed = readers[0]    # the other one ignores the pool's SIGTERM
@@ -139,13 +141,21 @@ def test_a_reader_killed_mid_run_fails_its_files_only(src, dest):
         hung.cancel()
         proc.stdout.close()
         proc.stderr.close()
+    return proc.returncode, err, killed
+
+
+def test_a_reader_killed_mid_run_fails_its_files_only(src, dest):
+    """SIGKILL to a reader: the files in flight are reported and kept, the run goes on
+    with new readers and ends (no hang on the dead pool), and a re-run completes."""
+    expected = write_buckets(src, FILES, dtype=torch.float32, modules=4, size=1 << 16)
+    returncode, err, killed = convert_killing_a_reader(src, dest)
     assert killed
-    assert proc.returncode != -signal.SIGKILL, "the converter hung after its reader died"
+    assert returncode != -signal.SIGKILL, "the converter hung after its reader died"
     # The pool breaks: parts in flight fail (unless none was), later ones go to new readers.
-    assert proc.returncode == (1 if "a reader process died" in err else 0), err
+    assert returncode == (1 if "a reader process died" in err else 0), err
     assert len(err.strip().splitlines()) <= 4, err   # one line per file in flight, no traceback
     assert "Traceback" not in err
     keys, left = _what_was_left(src, dest, expected)
     assert len(left) < FILES                               # the run went on after the kill
-    assert bool(left) == (proc.returncode == 1)            # and kept exactly what failed
-    _rerun_completes(args, src, dest, expected)
+    assert bool(left) == (returncode == 1)            # and kept exactly what failed
+    _rerun_completes(reader_kill_args(src, dest), src, dest, expected)
