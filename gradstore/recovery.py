@@ -44,7 +44,7 @@ def _scan_segment(ns_dir: Path, stream: int, seq: int, start: int = fmt.SEG_HEAD
     """Valid records of one segment from ``start`` (none in a file too short
     to be a segment)."""
     try:
-        records, _ = scan(ns_dir / segment_name(stream, seq), start)
+        records = scan(ns_dir / segment_name(stream, seq), start)
     except FormatError:
         return []
     return [Found(stream, seq, off, rec) for off, rec in records

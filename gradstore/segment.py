@@ -192,7 +192,7 @@ class SegmentMaps:
 
 
 def scan(path: Path, start: int = fmt.SEG_HEADER_SIZE, stop: int | None = None,
-         bad: list[tuple[int, str]] | None = None) -> tuple[list[tuple[int, fmt.RecordHeader]], int]:
+         bad: list[tuple[int, str]] | None = None) -> list[tuple[int, fmt.RecordHeader]]:
     """Valid records of a segment in offset order, from ``start``, skipping damaged ones.
 
     After an invalid record the scan resynchronises on the next 64-aligned
@@ -201,8 +201,7 @@ def scan(path: Path, start: int = fmt.SEG_HEADER_SIZE, stop: int | None = None,
     offset it is found at: a record inside another one's payload (a segment
     stored as a tensor) names where it was first written, so it is never
     taken for a record of this file.  Returns the records as (offset,
-    header) and the offset where the last valid record ends, so callers can
-    cut a torn tail.  A damaged segment header is not fatal: records check
+    header).  A damaged segment header is not fatal: records check
     themselves.
 
     ``stop``: scan no record that starts at or past it.  ``bad`` collects
@@ -219,15 +218,16 @@ def scan(path: Path, start: int = fmt.SEG_HEADER_SIZE, stop: int | None = None,
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     seq = int(_SEG_RE.fullmatch(path.name).group(2))
     stop = size if stop is None else min(stop, size)
-    pos = end = start
+    pos = start
     try:
         while pos < stop:
             rec = _record_at(buf, pos, size, where, seq)
             if not isinstance(rec, str):
                 records.append((pos, rec))
-                pos = end = pos + rec.total
+                pos = pos + rec.total
                 continue
-            if bad is not None and (buf[pos:pos + 4] == fmt.REC_MAGIC or pos == end) \
+            ends_last = pos == (records[-1][0] + records[-1][1].total if records else start)
+            if bad is not None and (buf[pos:pos + 4] == fmt.REC_MAGIC or ends_last) \
                     and buf[pos:pos + fmt.ALIGN].count(0) < min(fmt.ALIGN, size - pos):
                 bad.append((pos, rec))
             pos = buf.find(fmt.REC_MAGIC, pos + fmt.ALIGN, stop)
@@ -235,7 +235,7 @@ def scan(path: Path, start: int = fmt.SEG_HEADER_SIZE, stop: int | None = None,
                 pos = buf.find(fmt.REC_MAGIC, pos + 1, stop)
             if pos == -1:
                 break
-        return records, min(end, size)
+        return records
     finally:
         buf.close()
 
