@@ -11,7 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradstore.codecs import eg_kernels, eg_passes, eg_plan, get_codec
+from gradstore.codecs import get_codec
+from gradstore.codecs.eg import kernels as eg_kernels
+from gradstore.codecs.eg import passes as eg_passes
+from gradstore.codecs.eg import plan as eg_plan
 from gradstore.errors import NotEncodableError
 
 BLOCK = eg_kernels.BLOCK

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gradstore.codecs import eg, eg_passes, get_codec
+from gradstore.codecs import get_codec
+from gradstore.codecs.eg import passes as eg_passes
 from gradstore.codecs.stats import int_entropy_bits
 from gradstore.codecs.testing import check_codec, check_roundtrip
 from gradstore.errors import CodecError, NotEncodableError

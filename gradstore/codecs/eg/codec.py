@@ -73,13 +73,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .. import dtypes
-from ..errors import CodecError
-from . import eg_read as R
-from .codec import Codec, Encoded, Param, as_bytes, choice, element_count, integer_or, positive_real
-from .eg_bits import KMAX
-from .eg_passes import CHUNK, Output, Source, is_float as _is_float
-from .eg_plan import fixed_plan, make_plan
+from ... import dtypes
+from ...errors import CodecError
+from . import read as R
+from ..codec import Codec, Encoded, Param, as_bytes, choice, element_count, integer_or, positive_real
+from .bits import KMAX
+from .passes import CHUNK, Output, Source, is_float as _is_float
+from .plan import fixed_plan, make_plan
 
 HEADER = struct.Struct("<2sBBBBBBdQQQ")
 MAGIC = b"EG"

@@ -1,6 +1,6 @@
 """Everything the eg encoder decides once per tensor, from its histogram.
 
-The scan pass (eg_passes.Source.scan) leaves a histogram of the quantized values
+The scan pass (passes.Source.scan) leaves a histogram of the quantized values
 and of the zero runs.  From it alone this module derives, exactly and
 without trial encodings: the symbol each value is coded as (sign mode,
 rank remap), the order k that minimises the size, the rank table, the total
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .eg_bits import (KMAX, SIGN_BIT, SIGN_ZIGZAG, add_classes, codewords, counted_values, fill_table,
+from .bits import (KMAX, SIGN_BIT, SIGN_ZIGZAG, add_classes, codewords, counted_values, fill_table,
                       group_sorted, sizes_by_order)
-from .eg_emit import LONG, OUT, PAIR, ZERO
-from .stats import entropy_bits
+from .emit import LONG, OUT, PAIR, ZERO
+from ..stats import entropy_bits
 
 
 @dataclass
@@ -62,15 +62,15 @@ class Plan:
     value_bits: int
     run_bits: int
     lut_lo: int               # value at index 1 of the lut_* tables
-    lut_codes: np.ndarray     # codewords (as eg_emit takes them) of the values lut_lo, lut_lo + 1, ...
-    lut_lens: np.ndarray      # at 1, 2, ..., with sentinels at both ends (see eg_kernels)
+    lut_codes: np.ndarray     # codewords (as emit takes them) of the values lut_lo, lut_lo + 1, ...
+    lut_lens: np.ndarray      # at 1, 2, ..., with sentinels at both ends (see kernels)
     out_keys: np.ndarray      # values outside the lut span, ascending
     out_codes: np.ndarray     # their codewords
     out_lens: np.ndarray
     long_codes: np.ndarray    # (n, 2) codewords longer than 56 bits
     entropy_bits: float
     nsymbols: int
-    scattered: bool           # run mode: non-zeros mostly alone between zeros (see eg_passes.NonZeros)
+    scattered: bool           # run mode: non-zeros mostly alone between zeros (see passes.NonZeros)
 
     @property
     def nbits(self) -> int:
@@ -78,7 +78,7 @@ class Plan:
 
     @property
     def group(self) -> int:
-        """How many codes the writer should try to put at a time (see eg_emit.emit_until)."""
+        """How many codes the writer should try to put at a time (see emit.emit_until)."""
         return group_for((self.value_bits + self.run_bits) / max(self.nsymbols, 1))
 
 
@@ -201,13 +201,13 @@ def window_codes(lo: int, width: int, k: int, sign: int) -> tuple[np.ndarray, np
 
 
 def with_sentinels(codes: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A table of codewords with an OUT sentinel at each end (see eg_kernels)."""
+    """A table of codewords with an OUT sentinel at each end (see kernels)."""
     return np.concatenate([[0], codes, [0]]).astype(np.uint64), np.concatenate([[OUT], lens, [OUT]]).astype(np.uint8)
 
 
 def _pack(v: np.ndarray, signed: np.ndarray, negative: np.ndarray, k: int,
           k_run: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The codewords of symbols v as eg_emit takes them: (codes, lengths, long codes).
+    """The codewords of symbols v as emit takes them: (codes, lengths, long codes).
 
     Codewords over 56 bits do not fit a code: they get length LONG and the
     index of their row in the long codes instead.  A zero in run mode, which
@@ -248,9 +248,9 @@ def codes_of(plan: Plan, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _lookup_tables(keys: np.ndarray, codes: np.ndarray, lens: np.ndarray, lo: int, width: int) -> tuple:
     """Split codewords into a direct table over the scan's window of values lo .. lo +
-    width - 1 (with sentinels, see eg_kernels; ZERO where no value is) and a sorted
+    width - 1 (with sentinels, see kernels; ZERO where no value is) and a sorted
     rest: (lo, (codes, lens), rest keys, (codes, lens)).  The writer then uses the
-    scan's table indices as they are (see eg_passes.KeyCache)."""
+    scan's table indices as they are (see passes.KeyCache)."""
     lut_codes, lut_lens = with_sentinels(np.zeros(width, dtype=np.uint64), np.full(width, ZERO, dtype=np.uint8))
     rest = fill_table(keys, codes, lens, lo, lut_codes, lut_lens)
     return lo, (lut_codes, lut_lens), keys[rest], (codes[rest], lens[rest])

@@ -1,4 +1,4 @@
-"""The eg decoder's per-symbol kernels: the inverse of eg_kernels.
+"""The eg decoder's per-symbol kernels: the inverse of kernels.
 
 The body is read as bytes followed by at least 32 zero bytes: every read
 looks at most 17 bytes past the bit it starts at, which is never more than
@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
 
-from .eg_bits import SIGN_BIT, SIGN_ZIGZAG, U0, U1, U63, bit_at, eg_decode, load_be64, njit
+from .bits import SIGN_BIT, SIGN_ZIGZAG, U0, U1, U63, bit_at, eg_decode, load_be64, njit
 
 FAST = 57                      # bits that load_bits always gives
 
-# read() error codes, turned into messages by eg.py
+# read() error codes, turned into messages by codec.py
 ERR_TRUNCATED, ERR_CODEWORD, ERR_NEGATIVE_ZERO, ERR_RANK, ERR_RUN = 1, 2, 3, 4, 5
 
 
@@ -79,7 +79,7 @@ def read_table(body, nbits, size, k):
 
 @njit
 def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, state):
-    """Decode out.size symbols; the inverse of eg_kernels.emit.
+    """Decode out.size symbols; the inverse of kernels.emit.
 
     In run mode a value's run code and its own code usually sit in the same
     64 bits, so both come out of one fetch.  ``k_run=None`` is plain mode.

@@ -1,20 +1,20 @@
 """How the eg writer appends codewords: the bit-level helpers and the block emitter.
 
-Codewords come in two tables that eg_plan makes, ``codes`` (uint64) and
+Codewords come in two tables that plan makes, ``codes`` (uint64) and
 ``lens`` (uint8): a length of 1..56 is the code itself, and a length above
 PAIR a marker: LONG, the code is a row of ``long_codes`` (as made by
-eg_bits.codewords); ZERO, a zero in run mode, which has no code of its own;
-OUT, a sentinel of a table (eg_kernels): the value is outside, the slow
+bits.codewords); ZERO, a zero in run mode, which has no code of its own;
+OUT, a sentinel of a table (kernels): the value is outside, the slow
 path looks it up.  In run mode a code of 1..56 bits starts with the code of
 a run of no zeros, the usual case in dense data (see with_run).  Two
 tables, not one packed word: the hot loops then spend no shift or mask to
 take a code apart.
 
-The stream is bytes, MSB first.  eg_bits.put keeps fewer than 8 bits
+The stream is bytes, MSB first.  bits.put keeps fewer than 8 bits
 pending and stores 8 bytes at every call, so a code of up to 57 bits costs
 no branch, and codes that fit together cost one call: the emitter goes
 four, three or two elements at a time (as many as usually fit, see
-eg_plan.group_for), and a marker, never fitting, stops it.  Buffers end
+plan.group_for), and a marker, never fitting, stops it.  Buffers end
 with 16 spare bytes.  state = [byte position, pending bits, pending count,
 current zero run, next listed non-zero] as uint64, carried across calls.
 
@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 from numba import literally
 
-from .eg_bits import U0, U1, eg_code, njit, put, store_be64, symbol_code
-from .eg_kernels import U2, U3, U4, exact, idx
+from .bits import U0, U1, eg_code, njit, put, store_be64, symbol_code
+from .kernels import U2, U3, U4, exact, idx
 
 LONG = 255                       # length of a code that is a row of long_codes
 ZERO = 254                       # ... of a zero in run mode
@@ -74,7 +74,7 @@ def put_code(out, pos, acc, nacc, code, length, long_codes):
 
 @njit
 def with_run(code, length, run, k_run):
-    """Run mode, one element's code (see eg_plan._pack): (action, code, length, run).
+    """Run mode, one element's code (see plan._pack): (action, code, length, run).
 
     Action 0: a zero, the run grows and nothing is appended; 1: append the
     code as it is, starting with its run of no zeros; 2: append the run's
@@ -142,7 +142,7 @@ def outlier_code(q, keys, codes, lens):
 
 @njit
 def emit(keys, n, codes, lens, group, k_run, z, where, zero_runs, src, out, state):
-    """Append the codewords of the elements keys[:n] (table indices, see eg_kernels.idx):
+    """Append the codewords of the elements keys[:n] (table indices, see kernels.idx):
     index j has the code codes[j] of lens[j] bits.  emit_until() does all but the
     rare elements, which ``src`` = (x, start, is_float, scale, out_keys, out_codes,
     out_lens, k, sign, long_codes) describes: a sentinel (OUT) is the element
@@ -192,7 +192,7 @@ def emit_until(keys, n, codes, lens, group, k_run, z, where, zero_runs, t, out, 
     and two; 3, three at a time; 2, two; what is left one at a time.  In run
     mode (``k_run`` not None) ``z`` is the index of a zero, skipped in a
     tight loop; or, for mostly zeros, ``where`` = (indices of the non-zeros,
-    index of keys[0]) from the scan (see eg_passes.NonZeros), and only the
+    index of keys[0]) from the scan (see passes.NonZeros), and only the
     listed elements are visited, from where[0][state[4]] on.  In plain mode,
     ``zero_runs`` (long runs of zeros, short codes: four at a time): a run,
     skipped the same way, is written as its zeros' codes, up to 56 bits of

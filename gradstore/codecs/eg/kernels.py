@@ -1,9 +1,9 @@
 """The per-element passes of the eg encoder: quantizing and counting (the scan).
 
 Everything here runs once per element, so it is numba and nothing else;
-the bit arithmetic lives in eg_bits.py, the writer in eg_write.py, the
-decoder in eg_read.py and what is done once per distinct symbol in
-eg_plan.py.  Each kernel works on one chunk and keeps its state in a small
+the bit arithmetic lives in bits.py, the writer in write.py, the
+decoder in read.py and what is done once per distinct symbol in
+plan.py.  Each kernel works on one chunk and keeps its state in a small
 array, so callers can feed chunks of any size.
 
 Inputs come as one of two kinds:
@@ -12,7 +12,7 @@ Inputs come as one of two kinds:
   a loop that vectorizes turns each value into its index in a table (see
   table_keys); the serial work that follows reads only those indices;
 * bit patterns (any 1- or 2-byte dtype, seen as uint8/uint16): there are at
-  most 65536 of them, so eg.py quantizes each pattern once and the kernels
+  most 65536 of them, so codec.py quantizes each pattern once and the kernels
   only count patterns and look up codewords by pattern.
 
 Tables over values (the scan's counters, the writer's codewords) run over
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .eg_bits import U0, U1, eg_class, njit
+from .bits import U0, U1, eg_class, njit
 
 LIMIT = 1 << 62                 # |quantized value| must stay below this
 FLIMIT = float(LIMIT)
@@ -150,7 +150,7 @@ def count_sparse(keys, n, counts, z, run, run_classes, where, first_index):
     every non-zero; here it is once per run, and the counter of zeros, the
     busiest, takes one addition per block instead of one per element.  The
     non-zeros' indices, from ``first_index`` for keys[0], are appended to
-    ``where`` (if not None; see eg_passes.NonZeros) while it has room.
+    ``where`` (if not None; see passes.NonZeros) while it has room.
     """
     n = np.uint64(n)
     t = U0

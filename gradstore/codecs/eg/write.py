@@ -1,7 +1,7 @@
 """The eg encoder's writing passes: each element's codeword into the bit stream.
 
-The codewords come from tables that eg_plan makes (as eg_emit
-describes) and reach the stream through eg_emit.emit, a block at a time:
+The codewords come from tables that plan makes (as emit
+describes) and reach the stream through emit.emit, a block at a time:
 
 * write_values / write_patterns: pass 2, after the scan, as the plan says;
 * encode_values / encode_patterns: both passes at once, for a fixed k
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .eg_bits import eg_code, njit, store_be64
-from .eg_emit import emit, put_wide
-from .eg_kernels import BLOCK, count_block, outliers_of, table_keys, zero_index
+from .bits import eg_code, njit, store_be64
+from .emit import emit, put_wide
+from .kernels import BLOCK, count_block, outliers_of, table_keys, zero_index
 
 NONE = np.zeros(0, dtype=np.int64)   # no outlier keys: the one-pass writers compute their codes
 
@@ -23,13 +23,13 @@ NONE = np.zeros(0, dtype=np.int64)   # no outlier keys: the one-pass writers com
 def write_values(x, offset, cache, listed, is_float, scale, lut_lo, tables, k_run, group, zero_runs, out, state):
     """Pass 2 for values: append each element's codeword, the table indices from the
     scan's ``cache`` if not None, else quantizing again; in run mode, with the
-    scan's ``listed`` non-zeros (not None), only those (see eg_emit.emit_until),
+    scan's ``listed`` non-zeros (not None), only those (see emit.emit_until),
     x[0] being element ``offset`` of the array; in plain mode, with ``zero_runs``,
     runs of zeros a word at a time.
 
     ``tables`` = (lut_codes, lut_lens, out_keys, out_codes, out_lens,
-    long_codes), as in eg_plan.Plan: the codewords of the values lut_lo,
-    lut_lo + 1, ... (with sentinels, see eg_kernels) and of the values
+    long_codes), as in plan.Plan: the codewords of the values lut_lo,
+    lut_lo + 1, ... (with sentinels, see kernels) and of the values
     ``out_keys``; the scan has checked that every element can be coded.
     ``k_run=None`` is plain mode, and numba compiles it without the runs.
     """
@@ -70,7 +70,7 @@ def write_patterns(x, codes, lens, long_codes, k_run, z, group, out, state):
 def encode_values(x, begin, is_float, scale, k, sign, wlo, counts, codes, lens, long_codes, outliers,
                   nout, group, zero_runs, out, state):
     """Both passes at once, for a fixed k without remap or runs: count as
-    eg_kernels.scan_values does, and append each element's codeword, from
+    kernels.scan_values does, and append each element's codeword, from
     ``codes``/``lens`` (over the window, as ``counts``) or, for the values
     outside, computed on the spot, and copied to ``outliers`` after the
     ``nout`` there.

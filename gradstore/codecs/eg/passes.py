@@ -1,6 +1,6 @@
 """The eg encoder's two passes over an array: how its elements reach the kernels.
 
-An array is fed one of two ways (see eg_kernels):
+An array is fed one of two ways (see kernels):
 
 * 1- and 2-byte dtypes (float16, bfloat16, small integers, bool) by bit
   pattern: each of the at most 65536 patterns is quantized once, here;
@@ -23,13 +23,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .. import dtypes
-from ..errors import CodecError, NotEncodableError
-from . import eg_kernels as K
-from . import eg_write as W
-from .eg_bits import add_classes, code_bits
-from .eg_emit import ZERO
-from .eg_plan import Histogram, Plan, codes_of, fixed_codes, group_for, merge_counts, window_codes
+from ... import dtypes
+from ...errors import CodecError, NotEncodableError
+from . import kernels as K
+from . import write as W
+from .bits import add_classes, code_bits
+from .emit import ZERO
+from .plan import Histogram, Plan, codes_of, fixed_codes, group_for, merge_counts, window_codes
 
 CHUNK = 1 << 20           # elements per kernel call: bounds every buffer (outliers: 16 MB)
 WINDOW = 1 << 20          # widest value range counted by direct indexing
@@ -123,7 +123,7 @@ class Source:
     def _count_values(self, run_classes: np.ndarray | None, fixed: tuple | None,
                       state: np.ndarray) -> Histogram:
         wlo, width = self.window()
-        counts = np.zeros((K.COPIES, width + 2), dtype=self._count_type)      # with sentinels, see eg_kernels
+        counts = np.zeros((K.COPIES, width + 2), dtype=self._count_type)      # with sentinels, see kernels
         if fixed:
             k, sign, out = fixed
             group = self._group(k, sign)
@@ -187,7 +187,7 @@ class Source:
         The window covers the range of a sample of the values, with room to
         spare, when that is not too wide for the array; values outside go
         the slower outlier path.  For floats it stays inside (-2**51, 2**51),
-        where eg_kernels.table_keys is exact.
+        where kernels.table_keys is exact.
         """
         cap = min(WINDOW, max(4096, 2 * self.flat.size))
         limit = K.FAST if self.is_float else K.LIMIT
@@ -327,7 +327,7 @@ class Output:
         self.header_bytes = header_bytes
         self.buf = np.empty(header_bytes + nbits // 8 + 16, dtype=np.uint8)
         self.body = self.buf[header_bytes:]
-        self.state = np.zeros(5, dtype=np.uint64)     # as in eg_emit
+        self.state = np.zeros(5, dtype=np.uint64)     # as in emit
 
     def grow(self, needed: bool = True) -> None:
         if needed:
