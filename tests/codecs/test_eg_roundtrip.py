@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gradstore.codecs import get_codec
+from gradstore.codecs.eg import codec as eg
 from gradstore.codecs.eg import passes as eg_passes
 from gradstore.codecs.stats import int_entropy_bits
 from gradstore.codecs.testing import check_codec, check_roundtrip
