@@ -23,12 +23,16 @@ def error_metrics(raw: np.ndarray, decoded: np.ndarray) -> dict:
     """max abs error and relative L2 error, with the sums that let groups aggregate."""
     if raw.size == 0:
         return {"max_abs": 0.0, "rel_l2": 0.0, "sq_err": 0.0, "sq_ref": 0.0}
-    ref = raw.astype(np.float64, copy=False)
-    diff = decoded.astype(np.float64) - ref
-    sq_err = float(np.dot(diff.reshape(-1), diff.reshape(-1)))
-    sq_ref = float(np.dot(ref.reshape(-1), ref.reshape(-1)))
+    from .codecs.stats import error_sums
+    sums = error_sums(raw, decoded)   # one pass, no float64 copies (float dtypes)
+    if sums is None:
+        ref = raw.astype(np.float64, copy=False)
+        diff = decoded.astype(np.float64) - ref
+        sums = (np.max(np.abs(diff)), np.dot(diff.reshape(-1), diff.reshape(-1)),
+                np.dot(ref.reshape(-1), ref.reshape(-1)))
+    max_abs, sq_err, sq_ref = (float(s) for s in sums)
     rel = (sq_err / sq_ref) ** 0.5 if sq_ref > 0 else (0.0 if sq_err == 0 else float("inf"))
-    return {"max_abs": float(np.max(np.abs(diff))), "rel_l2": rel, "sq_err": sq_err, "sq_ref": sq_ref}
+    return {"max_abs": max_abs, "rel_l2": rel, "sq_err": sq_err, "sq_ref": sq_ref}
 
 
 @dataclass

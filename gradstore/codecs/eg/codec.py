@@ -217,18 +217,28 @@ class EGCodec(Codec):
 
 
 def _targets(out: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """Where read() writes: (a view of) ``out`` if it can, else chunk buffers to narrow."""
+    """Where read() writes: (a view of) ``out`` if it can, else chunk buffers to narrow,
+    small enough to stay in cache until they are."""
     if dtypes.name_of(out.dtype) in ("float32", "float64", "int64"):
         yield 0, out[:]
         return
-    buf = np.empty(min(CHUNK, out.size), np.float64 if _is_float(out.dtype) else np.int64)
-    for start in range(0, out.size, CHUNK):
-        yield start, buf[:min(CHUNK, out.size - start)]
+    chunk = min(CHUNK, 1 << 16)
+    buf = np.empty(min(chunk, out.size), np.float64 if _is_float(out.dtype) else np.int64)
+    for start in range(0, out.size, chunk):
+        yield start, buf[:min(chunk, out.size - start)]
+
+
+_NARROWED = {"float16": R.HALF, "bfloat16": R.BFLOAT}   # narrowed by read.narrow, as numpy would
 
 
 def _narrow(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Decoded float64/int64 values as ``dtype``; CodecError if an integer does not fit."""
     if values.dtype.kind == "f":
+        name = dtypes.name_of(dtype)
+        if name in _NARROWED:
+            bits = np.empty(values.size, dtype=np.uint16)
+            R.narrow(values, bits, *_NARROWED[name])
+            return bits.view(dtype)
         return values.astype(dtype)
     if values.size:
         info = np.iinfo(np.uint8 if dtype == np.bool_ else dtype)

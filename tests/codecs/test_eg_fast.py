@@ -1,0 +1,112 @@
+"""The fast paths of the eg codec and of the error metrics, against the plain ones.
+
+Each fast path is checked value for value (or byte for byte) against what it
+replaces, on wide-range data like real gradients at scale 1e6 (values up to
+millions, tens of thousands of distinct ones), not only on Gaussians.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from gradstore.codecs import get_codec
+from gradstore.codecs.eg import read as eg_read
+from gradstore.codecs.stats import error_sums
+from gradstore.variants import error_metrics, trial
+
+HALF_TYPES = {"float16": (np.float16, eg_read.HALF), "bfloat16": (ml_dtypes.bfloat16, eg_read.BFLOAT)}
+
+
+def wide(n: int, seed: int = 0) -> np.ndarray:
+    """Gradient-like values over five decades, with zeros, as float64."""
+    rng = np.random.default_rng(seed)
+    x = rng.laplace(size=n) * 10.0 ** rng.uniform(-6, 0.4, size=n)
+    x[rng.random(n) < 0.05] = 0.0
+    return x
+
+
+def _numpy_sums(raw: np.ndarray, decoded: np.ndarray) -> tuple[float, float, float]:
+    ref = raw.astype(np.float64).reshape(-1)
+    diff = decoded.astype(np.float64).reshape(-1) - ref
+    return float(np.max(np.abs(diff))), float(diff @ diff), float(ref @ ref)
+
+
+def _doubles_around_every_pattern(dtype) -> np.ndarray:
+    """Every finite value of a 2-byte float, the midpoints between neighbours (ties), and
+    the doubles just beside those: where a rounding can go wrong."""
+    with np.errstate(invalid="ignore"):
+        v = np.arange(1 << 16, dtype=np.uint16).view(dtype).astype(np.float64)
+    v = np.sort(v[np.isfinite(v)])
+    mid = (v[1:] + v[:-1]) / 2
+    top = v[-1] + (v[-1] - v[-2]) / 2                     # rounds to inf (a tie, to even)
+    edges = [0.0, -0.0, np.inf, -np.inf, 1e300, -1e300, 5e-324, -5e-324, top, np.nextafter(top, 0)]
+    return np.concatenate([v, mid, np.nextafter(mid, np.inf), np.nextafter(mid, -np.inf), edges])
+
+
+@pytest.mark.parametrize("name", HALF_TYPES)
+def test_narrow_rounds_as_numpy_astype(name):
+    dtype, (exp_bits, man_bits) = HALF_TYPES[name]
+    rng = np.random.default_rng(3)
+    y = np.concatenate([
+        _doubles_around_every_pattern(dtype),
+        rng.standard_normal(200_000) * np.exp2(rng.uniform(-160, 140, 200_000)),
+        rng.integers(-2**45, 2**45, 100_000) * (1 / 1e6),    # decoded values at scale 1e6
+        np.arange(-70_000, 70_000) * (1 / 1e-3)])
+    out = np.empty(y.size, dtype=np.uint16)
+    eg_read.narrow(y, out, exp_bits, man_bits)
+    with np.errstate(over="ignore"):
+        want = y.astype(dtype).view(np.uint16)
+    assert np.array_equal(out, want), y[out != want][:5]
+
+
+@pytest.mark.parametrize("name", HALF_TYPES)
+@pytest.mark.parametrize("spec", ["eg:k=0,scale=1e6,sign=bit", "eg:k=auto,scale=1e6,remap=rank",
+                                  "eg:k=auto,scale=1e6,remap=rank,zeros=run", "eg:k=2,scale=3e2,sign=zigzag"])
+def test_two_byte_floats_decode_as_numpy_narrows(name, spec):
+    """Bit for bit as float64(q) * (1 / scale) narrowed by numpy (the spec; q = 0 gives +0)."""
+    x = wide(150_000, seed=5).astype(HALF_TYPES[name][0])
+    codec = get_codec(spec)
+    out = codec.decode(codec.encode(x).payload, x.dtype, x.shape)
+    scale = codec.params["scale"]
+    q = np.rint(x.astype(np.float64) * scale).astype(np.int64)
+    assert out.dtype == x.dtype
+    assert np.array_equal(out.view(np.uint16), (q * (1.0 / scale)).astype(x.dtype).view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16],
+                         ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", [1, 3, 4, 7, 100_003])
+def test_error_sums_are_the_numpy_ones(dtype, n):
+    x = wide(n, seed=n)
+    raw = x.astype(dtype)
+    decoded = (np.rint(x * 1e4) / 1e4).astype(dtype)        # a lossy decode
+    top, sq_err, sq_ref = error_sums(raw, decoded)
+    want = _numpy_sums(raw, decoded)
+    assert top == want[0]
+    assert sq_err == pytest.approx(want[1], rel=1e-12) and sq_ref == pytest.approx(want[2], rel=1e-12)
+
+
+def test_error_sums_nan_and_other_dtypes():
+    raw = np.ones(10, dtype=np.float32)
+    decoded = raw.copy()
+    decoded[3] = np.nan
+    top, sq_err, _ = error_sums(raw, decoded)
+    assert np.isnan(top) and np.isnan(sq_err)
+    assert error_sums(np.ones(3, np.int32), np.ones(3, np.int32)) is None
+    assert error_sums(np.ones(3, np.float32), np.ones(3, np.float64)) is None
+    metrics = error_metrics(np.arange(4, dtype=np.int16), np.arange(1, 5, dtype=np.int16))
+    assert metrics["max_abs"] == 1.0 and metrics["sq_err"] == 4.0 and metrics["sq_ref"] == 14.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+def test_trial_metrics_are_those_of_the_decoded_payload(dtype):
+    raw = wide(70_000, seed=9).astype(dtype).reshape(70, 1000)
+    codec = get_codec("eg:k=auto,scale=1e6,remap=rank")
+    t = trial(codec, raw)
+    decoded = codec.decode(t.payload, raw.dtype, raw.shape)
+    top, sq_err, sq_ref = _numpy_sums(raw, decoded)
+    assert t.err["max_abs"] == top
+    assert t.err["sq_err"] == pytest.approx(sq_err, rel=1e-12)
+    assert t.err["sq_ref"] == pytest.approx(sq_ref, rel=1e-12)
+    assert t.err["rel_l2"] == pytest.approx((sq_err / sq_ref) ** 0.5, rel=1e-12)
