@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from gradstore.codecs import get_codec
+from gradstore.codecs.eg import passes as eg_passes
+from gradstore.codecs.eg import plan as eg_plan
 from gradstore.codecs.eg import read as eg_read
 from gradstore.codecs.stats import error_sums
 from gradstore.variants import error_metrics, trial
@@ -110,3 +112,47 @@ def test_trial_metrics_are_those_of_the_decoded_payload(dtype):
     assert t.err["sq_err"] == pytest.approx(sq_err, rel=1e-12)
     assert t.err["sq_ref"] == pytest.approx(sq_ref, rel=1e-12)
     assert t.err["rel_l2"] == pytest.approx((sq_err / sq_ref) ** 0.5, rel=1e-12)
+
+
+SPECS = ["eg:k=0,scale=1e6,sign=bit", "eg:k=auto,scale=1e6,remap=rank", "eg:k=auto,scale=1e6,remap=rank,zeros=run",
+         "eg:k=3,scale=1e6,sign=zigzag", "eg:k=1,scale=1e6,sign=bit-nonzero,zeros=run"]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("name", HALF_TYPES)
+@pytest.mark.parametrize("n", [1, 300, 9000])
+def test_small_two_byte_floats_by_value_write_what_the_patterns_write(monkeypatch, spec, name, n):
+    """Below PATTERNS_FROM elements, float16/bfloat16 go the float32 value path: same bytes."""
+    x = wide(n, seed=n).astype(HALF_TYPES[name][0])
+    x[:: 97] = 0
+    codec = get_codec(spec)
+    fast = codec.encode(x)
+    monkeypatch.setattr(eg_passes, "PATTERNS_FROM", 0)
+    by_pattern = codec.encode(x)
+    assert fast.payload == by_pattern.payload and fast.entropy_bits == by_pattern.entropy_bits
+    assert fast.info == by_pattern.info
+
+
+@pytest.mark.parametrize("spec", SPECS[:2] + ["eg:k=2,scale=3e4,sign=zigzag"])
+def test_one_pass_window_tables_write_what_the_codeword_packer_writes(monkeypatch, spec, dequantized):
+    """fill_window_codes against fixed_codes (the table it replaces), on values up to +-2.4e6."""
+    x = (wide(200_000, seed=2) * 2).astype(np.float32)
+    codec = get_codec(spec)
+    fast = codec.encode(x).payload
+
+    def packed(lo, width, k, sign):
+        codes, lens, long_codes = eg_plan.fixed_codes(np.arange(lo, lo + width, dtype=np.int64), k, sign)
+        return *eg_plan.with_sentinels(codes, lens), long_codes
+    monkeypatch.setattr(eg_passes, "window_codes", packed)
+    assert codec.encode(x).payload == fast
+    out = codec.decode(fast, x.dtype, x.shape)
+    assert np.array_equal(out, dequantized(x, codec.params["scale"]))
+
+
+def test_window_codes_fall_back_to_long_codes():
+    """A window of values whose codewords pass 56 bits: the packer's tables, long codes included."""
+    lo, width = 2**40 - 100, 300
+    codes, lens, long_codes = eg_plan.window_codes(lo, width, 0, 0)
+    want = eg_plan.fixed_codes(np.arange(lo, lo + width, dtype=np.int64), 0, 0)
+    assert np.array_equal(codes[1:-1], want[0]) and np.array_equal(lens[1:-1], want[1])
+    assert np.array_equal(long_codes, want[2]) and long_codes.shape[0] == width

@@ -3,8 +3,10 @@
 An array is fed one of two ways (see kernels):
 
 * 1- and 2-byte dtypes (float16, bfloat16, small integers, bool) by bit
-  pattern: each of the at most 65536 patterns is quantized once, here;
-* everything else by value, chunk by chunk, quantized in the kernels.
+  pattern: each of the at most 65536 patterns is quantized once, here (the
+  tables over all patterns made once per dtype, scale and code);
+* everything else by value, chunk by chunk, quantized in the kernels; small
+  float16/bfloat16 arrays too, widened to float32 (exactly: the same q).
 
 Pass 1 (scan) validates and counts; pass 2 (write) writes the codewords
 the plan chose, which for k=auto or remap=rank need the whole histogram
@@ -36,6 +38,8 @@ WINDOW = 1 << 20          # widest value range counted by direct indexing
 SAMPLE = 4096             # elements looked at to place that range ...
 RUN = 16                  # ... in runs of this many: one cache line of float32, not one each
 CACHE = 1 << 23           # elements whose table indices the scan keeps for the writer (16 MB)
+PATTERNS_FROM = 1 << 14   # smaller 2-byte float arrays go by value, as float32: tables of all
+                          # 65536 patterns cost more than their elements
 
 
 def is_float(dtype: np.dtype) -> bool:
@@ -55,6 +59,8 @@ class Source:
         self.is_float = is_float(array.dtype)
         self.scale = scale if self.is_float else 1.0
         self.by_pattern = array.dtype.itemsize <= 2
+        if self.by_pattern and self.is_float and self.flat.size < PATTERNS_FROM:
+            self.flat, self.by_pattern = self.flat.astype(np.float32), False   # exact: same q
         if self.by_pattern:
             self.values, self.valid = pattern_values(array.dtype, self.scale)
 
@@ -102,8 +108,7 @@ class Source:
         if fixed:
             k, sign, out = fixed
             group = self._group(k, sign)
-            codes, lens = np.zeros(self.values.size, np.uint64), np.zeros(self.values.size, np.uint8)
-            codes[self.valid], lens[self.valid], long_codes = fixed_codes(self.values[self.valid], k, sign)
+            codes, lens, long_codes = pattern_codes(self.array.dtype, self.scale, k, sign)
         is_zero = (self.values == 0) & self.valid
         for _, chunk in self.chunks():
             if not fixed:
@@ -118,7 +123,7 @@ class Source:
         bad = np.flatnonzero(self.present & ~self.valid)
         if bad.size:
             raise NotEncodableError(self.why(int(np.flatnonzero(np.isin(self._bits(), bad))[0])))
-        return Histogram.from_patterns(counts, self.values)
+        return Histogram.from_patterns(counts, *pattern_keys(self.array.dtype, self.scale))
 
     def _count_values(self, run_classes: np.ndarray | None, fixed: tuple | None,
                       state: np.ndarray) -> Histogram:
@@ -358,3 +363,24 @@ def pattern_values(dtype: np.dtype, scale: float) -> tuple[np.ndarray, np.ndarra
         q = np.rint(np.where(ok, y, 0.0)).astype(np.int64)
     q.flags.writeable = ok.flags.writeable = False  # shared by every call with this dtype and scale
     return q, ok
+
+
+@functools.lru_cache(maxsize=16)
+def pattern_codes(dtype: np.dtype, scale: float, k: int, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fixed_codes of every bit pattern's quantized value (length 0 for those that cannot be
+    coded), made once for each dtype, scale, k and sign."""
+    values, valid = pattern_values(dtype, scale)
+    codes, lens = np.zeros(values.size, np.uint64), np.zeros(values.size, np.uint8)
+    codes[valid], lens[valid], long_codes = fixed_codes(values[valid], k, sign)
+    for table in (codes, lens, long_codes):
+        table.flags.writeable = False
+    return codes, lens, long_codes
+
+
+@functools.lru_cache(maxsize=16)
+def pattern_keys(dtype: np.dtype, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct quantized values of the bit patterns, ascending; each pattern's index among
+    them), made once for each dtype and scale."""
+    keys, inverse = np.unique(pattern_values(dtype, scale)[0], return_inverse=True)
+    keys.flags.writeable = inverse.flags.writeable = False
+    return keys, inverse

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bits import (KMAX, SIGN_BIT, SIGN_ZIGZAG, add_classes, codewords, counted_values, fill_table,
-                      group_sorted, sizes_by_order)
+                   group_sorted, njit, sizes_by_order, symbol_code)
 from .emit import LONG, OUT, PAIR, ZERO
 from ..stats import entropy_bits
 
@@ -39,14 +39,14 @@ class Histogram:
         return cls(keys, counts, (wlo, window.shape[1]))
 
     @classmethod
-    def from_patterns(cls, counts: np.ndarray, values: np.ndarray) -> Histogram:
-        """From the scan's (copies, patterns) counters and each pattern's quantized value."""
+    def from_patterns(cls, counts: np.ndarray, keys: np.ndarray, inverse: np.ndarray) -> Histogram:
+        """From the scan's (copies, patterns) counters, given the patterns' distinct quantized
+        values ``keys`` and the index of each pattern's value among them, ``inverse``."""
         counts = counts.sum(axis=0, dtype=np.int64)
         present = np.flatnonzero(counts)
-        keys, inverse = np.unique(values[present], return_inverse=True)
-        summed = np.zeros(keys.size, dtype=np.int64)
-        np.add.at(summed, inverse, counts[present])
-        return cls(keys, summed)
+        summed = np.bincount(inverse[present], counts[present], keys.size).astype(np.int64)  # exact below 2**53
+        found = np.flatnonzero(summed)
+        return cls(keys[found], summed[found])
 
 
 @dataclass
@@ -195,14 +195,40 @@ def fixed_codes(values: np.ndarray, k: int, sign: int) -> tuple[np.ndarray, np.n
 
 
 def window_codes(lo: int, width: int, k: int, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """fixed_codes of the values lo .. lo + width - 1, as a table with sentinels."""
+    """fixed_codes of the values lo .. lo + width - 1, as a table with sentinels.
+
+    One kernel pass when no codeword there is longer than a code (the usual
+    case: |q| below about 2**27); else through fixed_codes and its long codes.
+    """
+    codes, lens = np.empty(width + 2, dtype=np.uint64), np.empty(width + 2, dtype=np.uint8)
+    if fill_window_codes(lo, k, sign, codes, lens):
+        return codes, lens, np.zeros((0, 2), dtype=np.uint64)
     codes, lens, long_codes = fixed_codes(np.arange(lo, lo + width, dtype=np.int64), k, sign)
     return *with_sentinels(codes, lens), long_codes
 
 
+@njit
+def fill_window_codes(lo, k, sign, codes, lens):
+    """window_codes in one pass: the codeword of the value lo + j - 1 at j = 1 .. size - 2,
+    sentinels at both ends; False (and the tables unfinished) if one is over PAIR bits."""
+    n = lens.size - 2
+    codes[0] = codes[n + 1] = 0
+    lens[0] = lens[n + 1] = OUT
+    longest = 0
+    for j in range(n):
+        _, code, length = symbol_code(np.int64(lo + j), k, sign)
+        codes[j + 1] = code
+        lens[j + 1] = np.uint8(length)
+        longest = max(longest, length)
+    return longest <= PAIR
+
+
 def with_sentinels(codes: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A table of codewords with an OUT sentinel at each end (see kernels)."""
-    return np.concatenate([[0], codes, [0]]).astype(np.uint64), np.concatenate([[OUT], lens, [OUT]]).astype(np.uint8)
+    table_codes, table_lens = np.empty(codes.size + 2, dtype=np.uint64), np.empty(lens.size + 2, dtype=np.uint8)
+    table_codes[1:-1], table_lens[1:-1] = codes, lens
+    table_codes[[0, -1]], table_lens[[0, -1]] = 0, OUT
+    return table_codes, table_lens
 
 
 def _pack(v: np.ndarray, signed: np.ndarray, negative: np.ndarray, k: int,
@@ -251,6 +277,7 @@ def _lookup_tables(keys: np.ndarray, codes: np.ndarray, lens: np.ndarray, lo: in
     width - 1 (with sentinels, see kernels; ZERO where no value is) and a sorted
     rest: (lo, (codes, lens), rest keys, (codes, lens)).  The writer then uses the
     scan's table indices as they are (see passes.KeyCache)."""
-    lut_codes, lut_lens = with_sentinels(np.zeros(width, dtype=np.uint64), np.full(width, ZERO, dtype=np.uint8))
+    lut_codes, lut_lens = np.zeros(width + 2, dtype=np.uint64), np.full(width + 2, ZERO, dtype=np.uint8)
+    lut_lens[[0, -1]] = OUT
     rest = fill_table(keys, codes, lens, lo, lut_codes, lut_lens)
     return lo, (lut_codes, lut_lens), keys[rest], (codes[rest], lens[rest])
