@@ -70,6 +70,7 @@ def error_sums(raw: np.ndarray, decoded: np.ndarray) -> tuple[float, float, floa
         table = None
     else:
         return None
+    from .eg import notice  # noqa: F401  (says so on stderr if the kernel is compiled)
     return _error_sums(raw, decoded, table)
 
 

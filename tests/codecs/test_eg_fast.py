@@ -6,11 +6,16 @@ millions, tens of thousands of distinct ones), not only on Gaussians.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import ml_dtypes
 import numpy as np
 import pytest
 
 from gradstore.codecs import get_codec
+from gradstore.codecs.eg import notice as eg_notice
 from gradstore.codecs.eg import passes as eg_passes
 from gradstore.codecs.eg import plan as eg_plan
 from gradstore.codecs.eg import read as eg_read
@@ -156,3 +161,19 @@ def test_window_codes_fall_back_to_long_codes():
     want = eg_plan.fixed_codes(np.arange(lo, lo + width, dtype=np.int64), 0, 0)
     assert np.array_equal(codes[1:-1], want[0]) and np.array_equal(lens[1:-1], want[1])
     assert np.array_equal(long_codes, want[2]) and long_codes.shape[0] == width
+
+
+def test_a_compile_says_so_once_and_a_cache_load_does_not(tmp_path):
+    """The first compile of a kernel prints one line on stderr; a process that loads the
+    kernel from numba's cache prints nothing."""
+    code = ("import numpy as np\n"
+            "from gradstore.codecs.stats import error_sums\n"
+            "a = np.ones(5, np.float32)\n"
+            "print(error_sums(a, a), error_sums(a.astype(np.float64), a.astype(np.float64)))\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    assert runs[0].stderr.splitlines() == [eg_notice.MESSAGE]
+    assert runs[1].stderr == ""
+    assert runs[0].stdout == runs[1].stdout == "(0.0, 0.0, 5.0) (0.0, 0.0, 5.0)\n"

@@ -19,6 +19,8 @@ from numba.core import types
 from numba.cpython.unsafe.numbers import leading_zeros
 from numba.extending import intrinsic
 
+from . import notice  # noqa: F401  (says so on stderr when these kernels are compiled)
+
 KMAX = 62                       # largest order: v < 2**63 keeps v + 2**k below 2**64
 SIGN_BIT, SIGN_BIT_NONZERO, SIGN_ZIGZAG = 0, 1, 2   # sign modes, as in the header's flags
 

@@ -282,3 +282,19 @@ def scan_patterns(x, counts, is_zero, run_classes, state):
             if zero | (run != 0):
                 run = end_run(zero, run, run_classes)
     state[0] = run
+
+
+@njit
+def merge_patterns(counts, inverse, valid, present, summed):
+    """The bit-pattern scan's counters (COPIES, patterns), summed in one pass: present[p]
+    whether pattern p occurs, summed[inverse[p]] += its count (``inverse``: the index of
+    each pattern's quantized value).  True if a pattern that cannot be coded occurs."""
+    bad = False
+    c0, c1, c2, c3 = counts[0], counts[1], counts[2], counts[3]
+    for p in range(counts.shape[1]):
+        c = np.int64(c0[p]) + np.int64(c1[p]) + np.int64(c2[p]) + np.int64(c3[p])
+        present[p] = c != 0
+        if c:       # most patterns do not occur, in long stretches
+            summed[inverse[p]] += c
+            bad |= not valid[p]
+    return bad

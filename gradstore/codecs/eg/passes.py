@@ -109,7 +109,7 @@ class Source:
             k, sign, out = fixed
             group = self._group(k, sign)
             codes, lens, long_codes = pattern_codes(self.array.dtype, self.scale, k, sign)
-        is_zero = (self.values == 0) & self.valid
+        keys, inverse, is_zero = pattern_keys(self.array.dtype, self.scale)
         for _, chunk in self.chunks():
             if not fixed:
                 K.scan_patterns(chunk, counts, is_zero, run_classes, state)
@@ -119,11 +119,13 @@ class Source:
                 done = W.encode_patterns(chunk, done, counts, codes, lens, long_codes, group, out.body,
                                          out.state)
                 out.grow(done < chunk.size)
-        self.present = counts.any(axis=0)
-        bad = np.flatnonzero(self.present & ~self.valid)
-        if bad.size:
+        self.present = np.empty(self.values.size, dtype=np.bool_)
+        summed = np.zeros(keys.size, dtype=np.int64)
+        if K.merge_patterns(counts, inverse, self.valid, self.present, summed):
+            bad = np.flatnonzero(self.present & ~self.valid)
             raise NotEncodableError(self.why(int(np.flatnonzero(np.isin(self._bits(), bad))[0])))
-        return Histogram.from_patterns(counts, *pattern_keys(self.array.dtype, self.scale))
+        found = np.flatnonzero(summed)
+        return Histogram(keys[found], summed[found])
 
     def _count_values(self, run_classes: np.ndarray | None, fixed: tuple | None,
                       state: np.ndarray) -> Histogram:
@@ -378,9 +380,12 @@ def pattern_codes(dtype: np.dtype, scale: float, k: int, sign: int) -> tuple[np.
 
 
 @functools.lru_cache(maxsize=16)
-def pattern_keys(dtype: np.dtype, scale: float) -> tuple[np.ndarray, np.ndarray]:
+def pattern_keys(dtype: np.dtype, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distinct quantized values of the bit patterns, ascending; each pattern's index among
-    them), made once for each dtype and scale."""
-    keys, inverse = np.unique(pattern_values(dtype, scale)[0], return_inverse=True)
-    keys.flags.writeable = inverse.flags.writeable = False
-    return keys, inverse
+    them; whether it is a zero that can be coded), made once for each dtype and scale."""
+    values, valid = pattern_values(dtype, scale)
+    keys, inverse = np.unique(values, return_inverse=True)
+    is_zero = (values == 0) & valid
+    for table in (keys, inverse, is_zero):
+        table.flags.writeable = False
+    return keys, inverse, is_zero

@@ -38,16 +38,6 @@ class Histogram:
             counts = np.concatenate([out_counts[:below], counts, out_counts[below:]])
         return cls(keys, counts, (wlo, window.shape[1]))
 
-    @classmethod
-    def from_patterns(cls, counts: np.ndarray, keys: np.ndarray, inverse: np.ndarray) -> Histogram:
-        """From the scan's (copies, patterns) counters, given the patterns' distinct quantized
-        values ``keys`` and the index of each pattern's value among them, ``inverse``."""
-        counts = counts.sum(axis=0, dtype=np.int64)
-        present = np.flatnonzero(counts)
-        summed = np.bincount(inverse[present], counts[present], keys.size).astype(np.int64)  # exact below 2**53
-        found = np.flatnonzero(summed)
-        return cls(keys[found], summed[found])
-
 
 @dataclass
 class Plan:

@@ -82,7 +82,10 @@ def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, st
     """Decode out.size symbols; the inverse of kernels.emit.
 
     In run mode a value's run code and its own code usually sit in the same
-    64 bits, so both come out of one fetch.  ``k_run=None`` is plain mode.
+    64 bits, so both come out of one fetch; in plain mode (``k_run=None``)
+    the codes that follow in the fetched bits are decoded from them, and the
+    next fetch waits for a code that is not whole there: a load is then off
+    the chain from one code's length to the next code's start.
     state = [bit position, zeros still to emit, run expected, symbols left
     in the whole stream, error code] as int64; a non-zero error code stops.
     """
@@ -93,6 +96,7 @@ def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, st
     i = 0
     n = out.size
     err = 0
+    bits, avail = U0, 0       # plain mode: bits still unread from the last load, and how many
     while i < n:
         if k_run is not None and zleft > 0:
             stop = min(n, i + zleft)
@@ -104,8 +108,10 @@ def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, st
         if pos >= nbits:  # a symbol needs at least one bit
             err = ERR_TRUNCATED
             break
-        bits = load_bits(body, pos)
-        avail = FAST
+        start = pos
+        if k_run is not None or 2 * np.int64(leading_zeros(bits)) + 1 + k >= avail:
+            bits = load_bits(body, pos)     # the next code is not whole in what is left: load
+            avail = FAST
         if k_run is not None and need_run:
             need_run = 0
             if bits >> np.uint64(63 - k_run) == U1 << np.uint64(k_run):  # no zeros, the usual in dense data
@@ -133,7 +139,8 @@ def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, st
             bits <<= np.uint64(rlen)
             avail -= rlen
         length = 2 * np.int64(leading_zeros(bits)) + 1 + k
-        if length < avail:  # the code and the bit after it are in ``bits``
+        fast = length < avail
+        if fast:  # the code and the bit after it are in ``bits``
             v = (bits >> np.uint64(64 - length)) - top
             negative = (bits >> np.uint64(63 - length)) & U1
         else:
@@ -166,6 +173,12 @@ def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, st
         if pos > nbits:
             err = ERR_TRUNCATED
             break
+        if k_run is None:   # what this symbol took off the loaded bits: the next may be there too
+            if fast:
+                bits <<= np.uint64(pos - start)
+                avail -= pos - start
+            else:
+                avail = 0
         if is_float:
             out[i] = np.float64(q) * inv_scale
         else:
