@@ -58,6 +58,15 @@ def add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module", action="append", help="glob, e.g. '*.mlp.*' (repeatable)")
 
 
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """Where the work runs: -j worker processes, or an existing Dask cluster."""
+    p.add_argument("-j", "--jobs", type=count(1), default=1, help="worker processes (default 1)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS "
+                   "(e.g. tcp://node:8786); the store must be on a filesystem its workers share")
+    p.add_argument("--scheduler-file", metavar="FILE", help="run on the Dask cluster described by "
+                   "FILE (dask-jobqueue, dask-mpi, SLURM); the store must be on a shared filesystem")
+
+
 def filters_of(args: argparse.Namespace) -> dict:
     return {"rank": args.rank, "epoch": args.epoch, "step": args.step,
             "bucket": args.bucket, "module": args.module}
@@ -168,10 +177,18 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def _engine_options(args) -> dict:
+    return {"jobs": args.jobs, "dask": args.dask, "scheduler_file": args.scheduler_file}
+
+
 def cmd_encode(args) -> int:
+    if args.dask and args.scheduler_file:
+        print("gradstore: error: give --dask or --scheduler-file, not both", file=sys.stderr)
+        return EXIT_ERROR
     with open_store(args.path, "a") as gs:
         for spec in args.codec:
-            result = gs.encode(spec, progress=False if args.quiet else None, **filters_of(args))
+            result = gs.encode(spec, progress=False if args.quiet else None, **_engine_options(args),
+                               **filters_of(args))
             print(result)
             for key, reason in result.failed.items():
                 print(f"not encodable: {key}: {reason}", file=sys.stderr)
@@ -186,25 +203,101 @@ REPORT_COLUMNS = [
     ("not_encodable", "{}"),
 ]
 
+REPORT_EPILOG = """\
+columns:
+  theory  ratio (and saving) of the codec's exact bits to the raw tensor's bits:
+          the coded body alone, what the codec achieves in principle
+  os      ratio (and saving) of the bytes the records really take on disk,
+          record headers and 64-byte padding included, raw record against
+          variant record: what a store of these variants would cost
+  bits_per_element, entropy_per_element (order-0 entropy of the coded
+          symbols) and efficiency (entropy / bits); errors of lossy codecs
 
-def cmd_report(args) -> int:
-    group_by = tuple(g for g in (args.group_by or "").split(",") if g)
-    with open_store(args.path) as gs:
-        rows = gs.sizes(args.codec or [], group_by=group_by, jobs=args.jobs, **filters_of(args))
-    if args.csv:
-        import csv
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["group"])
-            writer.writeheader()
-            writer.writerows(rows)
+resuming:
+  per-key results are appended to a results file (default: STORE.results
+  next to the store) as they arrive; a report stopped by Ctrl-C or a crash
+  starts again where it stopped when run again.  --fresh starts over.
+
+dask:
+  --dask ADDRESS or --scheduler-file FILE (dask-jobqueue / SLURM) runs the
+  tasks on an existing Dask cluster; its workers open the store by the same
+  path, so it must be on a filesystem they share.
+"""
+
+
+def _table(rows: list[dict]) -> str:
     table = [[("-" if r[c] is None else f.format(r[c])) for c, f in REPORT_COLUMNS] for r in rows]
     head = [c for c, _ in REPORT_COLUMNS]
     widths = [max([len(h)] + [len(t[i]) for t in table]) for i, h in enumerate(head)]
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    for t in table:
-        print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
-    if not rows:
-        print("(no keys matched)", file=sys.stderr)
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(t, widths)) for t in table]
+    return "\n".join(lines)
+
+
+def _render(rows: list[dict]) -> str:
+    """The terminal summary (gradstore.report.summary when it is there, else the plain table)."""
+    try:
+        from .report import summary
+    except ImportError:
+        return _table(rows)
+    return summary.render(rows, width=100)
+
+
+def _write_csv(path: str, rows) -> None:
+    import csv
+    with open(path, "w", newline="") as f:
+        writer = None
+        for row in rows:
+            if writer is None:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow(row)
+        if writer is None:
+            f.write("group\n")
+
+
+def cmd_report(args) -> int:
+    from . import report as report_mod
+    from .report.groups import check_group_by
+    group_by = check_group_by(args.group_by or "")
+    if args.dask and args.scheduler_file:
+        print("gradstore: error: give --dask or --scheduler-file, not both", file=sys.stderr)
+        return EXIT_ERROR
+    if args.study:
+        try:
+            from .report import study
+        except ImportError:
+            print("gradstore: error: --study is not available in this version", file=sys.stderr)
+            return EXIT_ERROR
+    with open_store(args.path) as gs:
+        try:
+            rep = report_mod.run(gs, args.codec or [], None, group_by,
+                                 results=args.results, fresh=args.fresh,
+                                 progress=False if args.quiet else None,
+                                 **_engine_options(args), **filters_of(args))
+        except report_mod.Interrupted as stop:
+            print(f"gradstore: {stop}", file=sys.stderr, flush=True)
+            return 130
+        try:
+            if args.csv:
+                _write_csv(args.csv, rep.rows)
+            print(_render(rep.rows) if rep.rows else "", flush=True)
+            if not rep.rows:
+                print("(no keys matched)", file=sys.stderr)
+            if args.plot:
+                try:
+                    from .report import plots
+                except ImportError:
+                    print("gradstore: error: --plot is not available in this version", file=sys.stderr)
+                    return EXIT_ERROR
+                for path in plots.write(rep.results(), args.plot):
+                    print(path)
+            if args.study:
+                keys = gs.keys(**filters_of(args))
+                res = study.run(gs, keys, jobs=args.jobs, progress=False if args.quiet else None)
+                print(res.render(width=100))
+        finally:
+            rep.close()
     return 0
 
 
@@ -266,15 +359,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--codec", action="append", required=True, help="codec spec, e.g. eg:k=auto,scale=1e6")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_engine_options(p)
     add_filters(p)
     p.set_defaults(run=cmd_encode)
 
-    p = sub.add_parser("report", help="side-by-side sizes, entropy and error per key or group")
+    p = sub.add_parser("report", help="side-by-side sizes, entropy and error per key or group",
+                       description="Side-by-side sizes, entropy and error of each codec, per key "
+                       "or per group, in parallel (-j) or on a Dask cluster; resumable.",
+                       epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path")
     p.add_argument("--codec", action="append", help="codec spec (repeatable)")
     p.add_argument("--group-by", help="comma list of rank,epoch,step,bucket,module")
-    p.add_argument("--csv", help="also write every column to this CSV file")
-    p.add_argument("-j", "--jobs", type=count(1), default=1, help="worker processes (default 1)")
+    p.add_argument("--csv", help="also write every column to this CSV file: one row per key and "
+                   "codec (per group and codec with --group-by)")
+    p.add_argument("--results", help="where per-key results are kept, to resume "
+                   "(default: STORE.results next to the store)")
+    p.add_argument("--fresh", action="store_true", help="ignore and replace earlier results")
+    p.add_argument("--plot", metavar="DIR", help="also write plots into DIR")
+    p.add_argument("--study", action="store_true", help="also print the study of the selection")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_engine_options(p)
     add_filters(p)
     p.set_defaults(run=cmd_report)
 

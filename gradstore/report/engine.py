@@ -1,0 +1,195 @@
+"""Running tasks: in this process, on a pool of worker processes, or on a Dask cluster.
+
+Whatever runs them, tasks are handed out a few at a time (about two per
+worker), never all at once, and their results come back to this process in
+the order they finish.  A task is a chunk of keys bounded in bytes and in
+count (``chunks``), so memory stays bounded by the window, not the store.
+
+Leaving the ``with`` block early (Ctrl-C, an error) stops at once: nothing
+more is handed out, the pool's workers are killed rather than waited for,
+and the Dask futures are cancelled.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from ..errors import GradstoreError
+from ..progress import human_bytes
+
+TASK_BYTES = 64 << 20      # raw bytes per task, at most
+TASK_KEYS = 256            # keys per task, at most
+MIN_TASK_BYTES = 1 << 20
+PER_WORKER = 2             # tasks in flight per worker
+
+
+def chunks(items: Iterable[tuple[str, int, int]], total: int, workers: int,
+           max_bytes: int = TASK_BYTES, max_keys: int = TASK_KEYS
+           ) -> Iterator[tuple[list[str], list[int], int]]:
+    """(keys, srcs, bytes) chunks of (key, src, nbytes) items, in order.
+
+    Small enough that every worker gets several (the last ones do not keep
+    the others waiting), never more than ``max_bytes`` or ``max_keys``.
+    """
+    limit = max(MIN_TASK_BYTES, min(max_bytes, total // (max(1, workers) * 8)))
+    keys: list[str] = []
+    srcs: list[int] = []
+    nbytes = 0
+    for key, src, n in items:
+        if keys and (nbytes + n > limit or len(keys) >= max_keys):
+            yield keys, srcs, nbytes
+            keys, srcs, nbytes = [], [], 0
+        keys.append(key)
+        srcs.append(src)
+        nbytes += n
+    if keys:
+        yield keys, srcs, nbytes
+
+
+class Meter:
+    """A tqdm bar of keys and bytes with rate and ETA; ``enabled=None``: only on a terminal."""
+
+    def __init__(self, desc: str, keys: int, nbytes: int, done_keys: int = 0, done_bytes: int = 0,
+                 enabled: bool | None = None):
+        self.keys, self.done_keys = keys, done_keys
+        self.bar = None
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=nbytes, initial=done_bytes, desc=desc, unit="B", unit_scale=True,
+                        unit_divisor=1024, dynamic_ncols=True, file=sys.stderr)
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(f"{self.done_keys}/{self.keys} keys", refresh=False)
+
+    def advance(self, keys: int, nbytes: int) -> None:
+        self.done_keys += keys
+        if self.bar is not None:
+            self._postfix()
+            self.bar.update(nbytes)
+
+    def __enter__(self) -> "Meter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Runner:
+    """Runs ``fn(source, *args)`` for each argument tuple; see the module docstring.
+
+    ``jobs`` > 1: worker processes, which get the store's path; ``client``
+    (a distributed.Client): its workers, which get the path too (it must
+    be visible to them: a shared filesystem); else this process, with the
+    open store itself.
+    """
+
+    def __init__(self, store, jobs: int = 1, client=None, preload: tuple[str, ...] = ()):
+        self.store = store
+        self.jobs = jobs
+        self.client = client
+        self.preload = preload
+        self.path = os.path.abspath(os.fspath(store.path))
+        self._executor = None
+
+    def __enter__(self) -> "Runner":
+        if self.client is None and self.jobs > 1:
+            from ..convert.readers import make_executor
+            self._executor = make_executor(self.jobs, ("gradstore.report.measure", *self.preload))
+            self._launch()
+        return self
+
+    def _launch(self) -> None:
+        """Start every worker now, in a thread a Ctrl-C cannot interrupt: a worker
+        interrupted half-started would be no one's to kill, and would print a
+        traceback once this process is gone."""
+        launch = getattr(self._executor, "_launch_processes", None)
+        if launch is None:
+            return
+        done = threading.Event()
+
+        def start() -> None:
+            try:
+                launch()
+            finally:
+                done.set()
+
+        threading.Thread(target=start, name="start-workers", daemon=True).start()
+        try:
+            while not done.wait(0.05):
+                pass
+        except KeyboardInterrupt:
+            done.wait()   # (an Event: an interrupted Thread.join would not wait again)
+            self.__exit__(KeyboardInterrupt, None, None)
+            raise
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        ex, self._executor = self._executor, None
+        if ex is None:
+            return
+        if exc_type is None:
+            ex.shutdown(wait=True)
+        else:
+            from ..convert.readers import discard_broken
+            discard_broken(ex)   # kill, don't wait: a Ctrl-C ends the command within a second
+
+    @property
+    def workers(self) -> int:
+        if self.client is not None:
+            from .dask import worker_count
+            return worker_count(self.client)
+        return max(1, self.jobs)
+
+    def imap(self, fn: Callable, argsets: Iterable[tuple]) -> Iterator[tuple[tuple, object]]:
+        """(args, fn's result) as tasks finish, at most about two per worker in flight."""
+        if self.client is not None:
+            from .dask import imap
+            yield from imap(self.client, fn, self.path, argsets, PER_WORKER * self.workers)
+        elif self._executor is None:
+            for args in argsets:
+                yield args, fn(self.store, *args)
+        else:
+            yield from self._pool_imap(fn, argsets)
+
+    def _pool_imap(self, fn, argsets):
+        window = PER_WORKER * self.jobs
+        it = iter(argsets)
+        inflight: dict = {}
+        exhausted = False
+        while True:
+            while not exhausted and len(inflight) < window:
+                args = next(it, None)
+                if args is None:
+                    exhausted = True
+                    break
+                inflight[self._executor.submit(fn, self.path, *args)] = args
+            if not inflight:
+                return
+            done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
+            for fut in [f for f in inflight if f in done]:   # in the order handed out
+                args = inflight.pop(fut)
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    raise GradstoreError("a worker process died (out of memory, or killed); "
+                                         "what was done is kept: run the same command again") from None
+                yield args, result
+
+
+def describe(keys: int, nbytes: int) -> str:
+    return f"{keys} keys, {human_bytes(nbytes)}"
