@@ -57,6 +57,14 @@ def store_be64(typingctx, buf, index, value):
     return types.none(buf, index, types.uint64), codegen
 
 
+@intrinsic
+def float_bits(typingctx, value):
+    """The bits of a float64, as a uint64."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.uint64(types.float64), codegen
+
+
 def _byte_pointer(context, builder, array_type, array, index):
     data = context.make_array(array_type)(context, builder, array).data
     return builder.bitcast(builder.gep(data, [index]), ir.IntType(64).as_pointer())

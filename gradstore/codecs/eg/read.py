@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
 
-from .bits import SIGN_BIT, SIGN_ZIGZAG, U0, U1, U63, bit_at, eg_decode, load_be64, njit
+from .bits import SIGN_BIT, SIGN_ZIGZAG, U0, U1, U63, bit_at, eg_decode, float_bits, load_be64, njit
 
 FAST = 57                      # bits that load_bits always gives
 
@@ -193,34 +193,38 @@ HALF, BFLOAT = (5, 10), (8, 7)
 
 
 @njit
-def narrow(y, out, exp_bits, man_bits):
-    """out[i] = the bit pattern of y[i] (finite float64, or +-inf) rounded to a float of
-    ``exp_bits`` and ``man_bits`` bits, to nearest, ties to even, as numpy's astype
-    from float64 does for float16 and ml_dtypes' for bfloat16: one rounding,
-    subnormals and overflow to inf included.  Integer arithmetic only, so that
-    the loop vectorizes.
+def narrow_bits(y, exp_bits, man_bits):
+    """The bit pattern of y (finite float64, or +-inf) rounded to a float of ``exp_bits``
+    and ``man_bits`` bits, to nearest, ties to even, as numpy's astype from float64
+    does for float16 and ml_dtypes' for bfloat16: one rounding, subnormals and
+    overflow to inf included.  Integer arithmetic only.
     """
-    bits = y.view(np.uint64)
+    b = float_bits(y)
     bias = (1 << (exp_bits - 1)) - 1
     inf = np.uint64(((1 << exp_bits) - 1) << man_bits)
-    sign_shift = np.uint64(exp_bits + man_bits)
+    field = np.int64((b >> np.uint64(52)) & np.uint64(0x7FF))
+    m53 = (b & np.uint64((1 << 52) - 1)) | np.uint64(1 << 52)
+    # the exponent in the target, at least its smallest normal one (subnormals: a longer shift)
+    e = field - 1023 + bias
+    shift = 52 - man_bits + (1 - e if e < 1 else 0)
+    shift = shift if shift < 60 else 60           # beyond 54 the value rounds to 0 anyway
+    r = m53 >> np.uint64(shift)
+    rest = m53 & ((U1 << np.uint64(shift)) - U1)
+    half = U1 << np.uint64(shift - 1)
+    r += np.uint64((rest > half) | ((rest == half) & ((r & U1) == U1)))
+    # r includes the implicit bit: adding it to the exponent field below e carries into it
+    # (a carry of the rounding, too, even into inf)
+    p = (np.uint64(e - 1 if e > 1 else 0) << np.uint64(man_bits)) + r
+    if field == 0:                                 # zero or a float64 subnormal: far below
+        p = U0
+    if p > inf or field == 0x7FF or e >= (1 << exp_bits) - 1:
+        p = inf
+    return np.uint16(p | ((b >> U63) << np.uint64(exp_bits + man_bits)))
+
+
+@njit
+def narrow(y, out, exp_bits, man_bits):
+    """out[:] = narrow_bits of y[:]: a pass of its own, which vectorizes (inside read(),
+    it costs the decoder more than this pass)."""
     for i in range(y.size):
-        b = bits[i]
-        field = np.int64((b >> np.uint64(52)) & np.uint64(0x7FF))
-        m53 = (b & np.uint64((1 << 52) - 1)) | np.uint64(1 << 52)
-        # the exponent in the target, at least its smallest normal one (subnormals: a longer shift)
-        e = field - 1023 + bias
-        shift = 52 - man_bits + (1 - e if e < 1 else 0)
-        shift = shift if shift < 60 else 60           # beyond 54 the value rounds to 0 anyway
-        r = m53 >> np.uint64(shift)
-        rest = m53 & ((U1 << np.uint64(shift)) - U1)
-        half = U1 << np.uint64(shift - 1)
-        r += np.uint64((rest > half) | ((rest == half) & ((r & U1) == U1)))
-        # r includes the implicit bit: adding it to the exponent field below e carries into it
-        # (a carry of the rounding, too, even into inf)
-        p = (np.uint64(e - 1 if e > 1 else 0) << np.uint64(man_bits)) + r
-        if field == 0:                                 # zero or a float64 subnormal: far below
-            p = U0
-        if p > inf or field == 0x7FF or e >= (1 << exp_bits) - 1:
-            p = inf
-        out[i] = np.uint16(p | ((b >> U63) << sign_shift))
+        out[i] = narrow_bits(y[i], exp_bits, man_bits)
