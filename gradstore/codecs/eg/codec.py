@@ -171,7 +171,7 @@ class EGCodec(Codec):
                 raise CodecError(f"corrupt eg payload: {_MESSAGES[int(state[4])]} "
                                  f"(element {n - int(state[3])}, bit {int(state[0])})")
             if target.base is not out:
-                out[start:start + target.size] = _narrow(target, dtype)
+                _narrow(target, out[start:start + target.size])
         pos = int(state[0])
         if pos <= nbits and runs and state[2]:  # a final run of no zeros must follow
             last, pos, ok = R.read_eg(body, pos, k_run)
@@ -231,20 +231,21 @@ def _targets(out: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 _NARROWED = {"float16": R.HALF, "bfloat16": R.BFLOAT}   # narrowed by read.narrow, as numpy would
 
 
-def _narrow(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Decoded float64/int64 values as ``dtype``; CodecError if an integer does not fit."""
+def _narrow(values: np.ndarray, dest: np.ndarray) -> None:
+    """dest[:] = decoded float64/int64 ``values`` as dest's dtype; CodecError if an integer
+    does not fit."""
     if values.dtype.kind == "f":
-        name = dtypes.name_of(dtype)
+        name = dtypes.name_of(dest.dtype)
         if name in _NARROWED:
-            bits = np.empty(values.size, dtype=np.uint16)
-            R.narrow(values, bits, *_NARROWED[name])
-            return bits.view(dtype)
-        return values.astype(dtype)
+            R.narrow(values, dest.view(np.uint16), *_NARROWED[name])
+        else:
+            dest[:] = values
+        return
     if values.size:
-        info = np.iinfo(np.uint8 if dtype == np.bool_ else dtype)
-        top = 1 if dtype == np.bool_ else info.max
+        info = np.iinfo(np.uint8 if dest.dtype == np.bool_ else dest.dtype)
+        top = 1 if dest.dtype == np.bool_ else info.max
         lo, hi = int(values.min()), int(values.max())
         if lo < info.min or hi > top:
             raise CodecError(f"corrupt eg payload: decoded value {lo if lo < info.min else hi} "
-                             f"does not fit {dtype}")
-    return values.astype(dtype)
+                             f"does not fit {dest.dtype}")
+    dest[:] = values
