@@ -78,6 +78,15 @@ def read_table(body, nbits, size, k):
 
 
 @njit
+def taken(bits, avail, used, fast):
+    """Plain mode: the loaded bits after a symbol took ``used`` of them (the next code may
+    be there too), or none left if the symbol was read the slow way."""
+    if fast:
+        return bits << np.uint64(used), avail - used
+    return bits, 0
+
+
+@njit
 def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, state):
     """Decode out.size symbols; the inverse of kernels.emit.
 
@@ -108,7 +117,6 @@ def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, st
         if pos >= nbits:  # a symbol needs at least one bit
             err = ERR_TRUNCATED
             break
-        start = pos
         if k_run is not None or 2 * np.int64(leading_zeros(bits)) + 1 + k >= avail:
             bits = load_bits(body, pos)     # the next code is not whole in what is left: load
             avail = FAST
@@ -148,10 +156,11 @@ def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, st
             if not ok:
                 err = ERR_CODEWORD
                 break
-        if sign == SIGN_ZIGZAG:
-            pos += length
-        elif always_signed:  # the next position does not wait for the table
-            pos += length + 1
+        if sign == SIGN_ZIGZAG or always_signed:  # the next code does not wait for the table
+            used = length + (0 if sign == SIGN_ZIGZAG else 1)
+            pos += used
+            if k_run is None:
+                bits, avail = taken(bits, avail, used, fast)
         if remap:
             if v >= size:
                 err = ERR_RANK
@@ -166,6 +175,8 @@ def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, st
                 signed = v != 0
                 negative &= np.uint64(signed)
                 pos += length + np.int64(signed)
+                if k_run is None:
+                    bits, avail = taken(bits, avail, length + np.int64(signed), fast)
             if negative & np.uint64(v == 0):
                 err = ERR_NEGATIVE_ZERO
                 break
@@ -173,12 +184,6 @@ def read(body, nbits, out, is_float, inv_scale, k, sign, remap, table, k_run, st
         if pos > nbits:
             err = ERR_TRUNCATED
             break
-        if k_run is None:   # what this symbol took off the loaded bits: the next may be there too
-            if fast:
-                bits <<= np.uint64(pos - start)
-                avail -= pos - start
-            else:
-                avail = 0
         if is_float:
             out[i] = np.float64(q) * inv_scale
         else:
