@@ -273,6 +273,9 @@ def scan_patterns(x, counts, is_zero, run_classes, state):
     ``is_zero[p]`` says whether pattern p quantizes to 0; state[0] carries
     the current zero run across chunks, and ``run_classes=None`` counts none.
     """
+    if run_classes is None:         # four at a time, as the one-pass writer counts
+        count_block(x, x.size, counts, 0, 0, None)
+        return
     mask = counts.shape[0] - 1
     run = state[0]
     for t in range(x.size):
