@@ -6,6 +6,7 @@ same path.  dask[distributed] is the optional extra ``dask``.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 
 from ..errors import GradstoreError
@@ -21,6 +22,8 @@ def connect(address: str | None = None, scheduler_file: str | None = None):
         from distributed import Client
     except ImportError:
         raise DaskUnavailableError("--dask needs dask.distributed: pip install 'gradstore[dask]'") from None
+    if scheduler_file is not None and not os.path.isfile(scheduler_file):
+        raise GradstoreError(f"{scheduler_file}: no such scheduler file (is the Dask cluster up?)")
     try:
         if scheduler_file is not None:
             return Client(scheduler_file=scheduler_file, timeout="20s")

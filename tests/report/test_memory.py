@@ -1,0 +1,58 @@
+"""Memory stays bounded: no process of a `report -j 2` grows with the store it reads."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+
+import gradstore
+
+from conftest import EG
+
+TENSOR = 1 << 20          # elements: 4 MiB fp32 tensors in both stores
+
+
+def make(path, keys: int) -> str:
+    base = np.random.default_rng(2).laplace(0, 1e-4, TENSOR).astype(np.float32)
+    with gradstore.open(path, "a") as gs:
+        for i in range(keys):
+            gs.write(f"R_0_E_0_S_{i}_B_0/w", np.roll(base, 7919 * i))
+    return str(path)
+
+
+def peak_rss(store, results) -> int:
+    """The largest peak RSS (VmHWM) of any process of one CLI report, in bytes."""
+    proc = subprocess.Popen([sys.executable, "-m", "gradstore", "report", store, "--codec", EG,
+                             "-j", "2", "-q", "--results", str(results)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks: dict[int, int] = {}
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            procs = [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                with open(f"/proc/{p.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peaks[p.pid] = max(peaks.get(p.pid, 0), int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+        time.sleep(0.02)
+    err = proc.stderr.read()
+    assert proc.wait() == 0, err
+    return max(peaks.values())
+
+
+def test_peak_rss_does_not_grow_with_the_store(tmp_path):
+    small = make(tmp_path / "small.gs", 8)       # 32 MiB
+    big = make(tmp_path / "big.gs", 64)          # 256 MiB: 8x
+    small_peak = peak_rss(small, tmp_path / "s.results")
+    big_peak = peak_rss(big, tmp_path / "b.results")
+    # Were pages of the store kept mapped, a worker would hold half of it (128 MiB) more.
+    assert big_peak < 1.3 * small_peak, (small_peak >> 20, big_peak >> 20)
