@@ -64,7 +64,7 @@ def error_sums(raw: np.ndarray, decoded: np.ndarray) -> tuple[float, float, floa
         return None
     raw, decoded = raw.reshape(-1), decoded.reshape(-1)
     if name in ("float16", "bfloat16"):
-        table = _pattern_values(raw.dtype)
+        table = pattern_floats(raw.dtype)
         raw, decoded = raw.view(np.uint16), decoded.view(np.uint16)
     elif name in ("float32", "float64"):
         table = None
@@ -75,7 +75,7 @@ def error_sums(raw: np.ndarray, decoded: np.ndarray) -> tuple[float, float, floa
 
 
 @functools.lru_cache(maxsize=4)
-def _pattern_values(dtype: np.dtype) -> np.ndarray:
+def pattern_floats(dtype: np.dtype) -> np.ndarray:
     """Every bit pattern of a 2-byte float dtype as its float64 value."""
     with np.errstate(invalid="ignore"):
         return np.arange(1 << 16, dtype=np.uint16).view(dtype).astype(np.float64)

@@ -185,3 +185,32 @@ def test_a_compile_says_so_once_and_a_cache_load_does_not(tmp_path):
     assert runs[0].stderr.splitlines() == [eg_notice.MESSAGE]
     assert runs[1].stderr == ""
     assert runs[0].stdout == runs[1].stdout == "(0.0, 0.0, 5.0) (0.0, 0.0, 5.0)\n"
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16],
+                         ids=lambda d: np.dtype(d).name)
+def test_error_sums_taken_in_the_decoders_pass(monkeypatch, spec, dtype):
+    """decode_compared decodes what decode does, and its sums are error_sums' (zero runs,
+    chunk borders of the 2-byte narrowing and rows of zeros included)."""
+    import gradstore.codecs.eg.codec as eg_codec
+    monkeypatch.setattr(eg_codec, "CHUNK", 5000)
+    x = wide(23_456, seed=4)
+    x[1000:3000] = 0.0                                     # long runs of zeros
+    raw = x.astype(dtype).reshape(2, -1)
+    codec = get_codec(spec)
+    payload = codec.encode(raw).payload
+    decoded, sums = codec.decode_compared(payload, raw)
+    plain = codec.decode(payload, raw.dtype, raw.shape)
+    assert decoded.dtype == raw.dtype and decoded.shape == raw.shape
+    assert decoded.tobytes() == plain.tobytes()
+    want = error_sums(raw, plain)
+    assert sums[0] == want[0]
+    assert sums[1] == pytest.approx(want[1], rel=1e-12) and sums[2] == pytest.approx(want[2], rel=1e-12)
+
+
+def test_decode_compared_of_integers_has_no_sums():
+    codec = get_codec("eg:k=0")
+    raw = np.arange(-50, 50, dtype=np.int16)
+    decoded, sums = codec.decode_compared(codec.encode(raw).payload, raw)
+    assert sums is None and np.array_equal(decoded, raw)

@@ -76,6 +76,7 @@ import numpy as np
 from ... import dtypes
 from ...errors import CodecError
 from . import read as R
+from ..stats import error_sums
 from ..codec import Codec, Encoded, Param, as_bytes, choice, element_count, integer_or, positive_real
 from .bits import KMAX
 from .passes import CHUNK, Output, Source, is_float as _is_float
@@ -147,8 +148,21 @@ class EGCodec(Codec):
                        entropy_bits=plan.entropy_bits, info=info)
 
     def decode(self, payload, dtype, shape) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        shape = tuple(int(d) for d in shape)
+        return self._decode(payload, np.dtype(dtype), tuple(int(d) for d in shape), None)
+
+    def decode_compared(self, payload, raw: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float] | None]:
+        """decode(payload, raw.dtype, raw.shape), and the error sums of the result against
+        ``raw`` (as stats.error_sums; None if it takes no such dtype), each chunk
+        compared as soon as it is decoded, while it is in cache."""
+        raw = np.asarray(raw)
+        sums = [0.0, 0.0, 0.0]
+        out = self._decode(payload, raw.dtype, raw.shape, (np.ascontiguousarray(raw).reshape(-1), sums))
+        return out, (None if sums[0] is None else tuple(sums))
+
+    def _decode(self, payload, dtype: np.dtype, shape: tuple, compare: tuple | None) -> np.ndarray:
+        """decode(); with ``compare`` = (raw, sums), raw flat, each chunk's error sums are
+        added to the list ``sums`` (which becomes [None, ...] if error_sums takes no such dtype)."""
+        ref, sums = compare if compare is not None else (None, None)
         data = as_bytes(payload)
         flags, k, k_run, k_table, scale, n, table_len, nbits = \
             self._read_header(data, dtype, element_count(shape))
@@ -164,14 +178,17 @@ class EGCodec(Codec):
         runs = bool(flags & FLAG_RUNS)
         state = np.array([pos, 0, 1, n, 0], dtype=np.int64)
         out = np.empty(n, dtype=dtype)
-        for start, target in _targets(out):
+        for start, target in _targets(out, chunked=ref is not None):
             R.read(body, nbits, target, bool(flags & FLAG_FLOAT), 1.0 / scale, k, flags & 3,
                    bool(flags & FLAG_REMAP), table, k_run if runs else None, state)
             if state[4]:
                 raise CodecError(f"corrupt eg payload: {_MESSAGES[int(state[4])]} "
                                  f"(element {n - int(state[3])}, bit {int(state[0])})")
+            done = out[start:start + target.size]
             if target.base is not out:
-                _narrow(target, out[start:start + target.size])
+                _narrow(target, done)
+            if ref is not None and sums[0] is not None:
+                _add_error_sums(sums, error_sums(ref[start:start + target.size], done))
         pos = int(state[0])
         if pos <= nbits and runs and state[2]:  # a final run of no zeros must follow
             last, pos, ok = R.read_eg(body, pos, k_run)
@@ -216,19 +233,30 @@ class EGCodec(Codec):
         return flags, k, k_run, k_table, scale, nsym, table_len, nbits
 
 
-def _targets(out: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """Where read() writes: (a view of) ``out`` if it can, else chunk buffers to narrow,
-    small enough to stay in cache until they are."""
-    if dtypes.name_of(out.dtype) in ("float32", "float64", "int64"):
-        yield 0, out[:]
-        return
+def _targets(out: np.ndarray, chunked: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """Where read() writes: (views of) ``out`` if it can, else chunk buffers to narrow;
+    chunks small enough to stay in cache until they are narrowed or compared."""
     chunk = min(CHUNK, 1 << 16)
+    if dtypes.name_of(out.dtype) in ("float32", "float64", "int64"):
+        if not chunked:
+            yield 0, out[:]
+            return
+        for start in range(0, out.size, chunk):
+            yield start, out[start:start + chunk]
+        return
     buf = np.empty(min(chunk, out.size), np.float64 if _is_float(out.dtype) else np.int64)
     for start in range(0, out.size, chunk):
         yield start, buf[:min(chunk, out.size - start)]
 
 
 _NARROWED = {"float16": R.HALF, "bfloat16": R.BFLOAT}   # narrowed by read.narrow, as numpy would
+
+
+def _add_error_sums(sums: list, more: tuple | None) -> None:
+    if more is None:
+        sums[0] = None
+    else:
+        sums[:] = max(sums[0], more[0]), sums[1] + more[1], sums[2] + more[2]
 
 
 def _narrow(values: np.ndarray, dest: np.ndarray) -> None:
