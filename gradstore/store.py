@@ -341,15 +341,18 @@ class Store:
     # -- encoded variants and accounting ----------------------------------------
 
     def encode(self, spec, keys: list[str] | None = None, *, progress: bool | None = None,
+               jobs: int = 1, dask: str | None = None, scheduler_file: str | None = None,
                **filters):
         """Store the ``spec`` variant of each key (all, ``keys`` or a filter) next to it.
 
         Idempotent: keys already encoded with ``spec`` from the same tensor are
         skipped. Tensors the codec cannot represent (NaN, Inf, out of range)
-        are reported in the result, and the others go on.
+        are reported in the result, and the others go on.  ``jobs`` worker
+        processes (or a Dask cluster) encode; this process writes.
         """
-        from .variants import encode_into
-        return encode_into(self, spec, self.keys(**filters) if keys is None else keys, progress)
+        from .report.encoding import encode
+        return encode(self, spec, self.keys(**filters) if keys is None else keys, jobs=jobs,
+                      dask=dask, scheduler_file=scheduler_file, progress=progress)
 
     def variant(self, key: str, spec, verify: bool = False) -> np.ndarray:
         """The stored ``spec`` variant of ``key``, decoded."""
@@ -370,19 +373,21 @@ class Store:
                        for i in ns.index.ids(fmt.KIND_VARIANT) if i.startswith(prefix)})
 
     def sizes(self, codecs=(), keys: list[str] | None = None, group_by=(), *,
-              progress: bool | None = None, jobs: int = 1, **filters) -> list[dict]:
+              progress: bool | None = None, jobs: int = 1, dask: str | None = None,
+              scheduler_file: str | None = None, results=False, **filters) -> list[dict]:
         """Rows of side-by-side sizes per key (or per group) for the raw data and each codec.
 
-        ``jobs`` > 1 spreads the keys over that many worker processes.
+        ``jobs`` > 1 spreads the keys over that many worker processes (``dask``:
+        a Dask scheduler's address).  ``results``: a results file to resume
+        from (see gradstore.report.run); by default none is kept.
         """
-        from .accounting import sizes
+        from . import report
         self._check_open()
-        if isinstance(codecs, str):
-            codecs = [codecs]
-        if isinstance(group_by, str):
-            group_by = tuple(g for g in group_by.split(",") if g)
-        return sizes(self, list(codecs), self.keys(**filters) if keys is None else keys,
-                     tuple(group_by), progress, jobs)
+        rep = report.run(self, codecs, self.keys(**filters) if keys is None else keys, group_by,
+                         jobs=jobs, dask=dask, scheduler_file=scheduler_file, results=results,
+                         progress=progress)
+        rep.close()
+        return rep.rows
 
     # -- maintenance -----------------------------------------------------------
 

@@ -118,7 +118,9 @@ def _assert_interrupted(res: subprocess.CompletedProcess, prog: str, delay: floa
     assert "Traceback" not in res.stderr and "KeyboardInterrupt" not in res.stderr, \
         f"after {delay} s:\n{res.stderr}"
     assert res.returncode == 130, f"after {delay} s: status {res.returncode}\n{res.stderr}"
-    assert res.stderr.strip().splitlines() == [f"{prog}: interrupted"], f"after {delay} s:\n{res.stderr}"
+    # a report adds what it kept ("interrupted; N keys done..."); a cold kernel cache says so
+    lines = [line for line in res.stderr.strip().splitlines() if not line.startswith("gradstore: compiling")]
+    assert len(lines) == 1 and lines[0].split(";")[0] == f"{prog}: interrupted", f"after {delay} s:\n{res.stderr}"
 
 
 @pytest.mark.parametrize("delay", DELAYS)

@@ -19,7 +19,6 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from ..errors import GradstoreError
-from ..progress import human_bytes
 
 TASK_BYTES = 64 << 20      # raw bytes per task, at most
 TASK_KEYS = 256            # keys per task, at most
@@ -67,10 +66,10 @@ class Meter:
             return
         self.bar = tqdm(total=nbytes, initial=done_bytes, desc=desc, unit="B", unit_scale=True,
                         unit_divisor=1024, dynamic_ncols=True, file=sys.stderr)
-        self._postfix()
+        self._postfix(refresh=True)
 
-    def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"{self.done_keys}/{self.keys} keys", refresh=False)
+    def _postfix(self, refresh: bool = False) -> None:
+        self.bar.set_postfix_str(f"{self.done_keys}/{self.keys} keys", refresh=refresh)
 
     def advance(self, keys: int, nbytes: int) -> None:
         self.done_keys += keys
@@ -190,6 +189,3 @@ class Runner:
                                          "what was done is kept: run the same command again") from None
                 yield args, result
 
-
-def describe(keys: int, nbytes: int) -> str:
-    return f"{keys} keys, {human_bytes(nbytes)}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from typing import Iterable
 
 from .. import format as fmt
 from ..errors import NotEncodableError
@@ -151,6 +150,3 @@ def encode_task(source, spec: str, keys: list[str], srcs: list[int] | None = Non
             release(store, e)
     return out
 
-
-def task_bytes(store, keys: Iterable[str]) -> int:
-    return sum(store.entry(k).payload_len for k in keys)
