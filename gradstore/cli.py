@@ -294,7 +294,9 @@ def cmd_report(args) -> int:
                     print(path)
             if args.study:
                 keys = gs.keys(**filters_of(args))
-                res = study.run(gs, keys, jobs=args.jobs, progress=False if args.quiet else None)
+                eg = next((c for c in args.codec or [] if c.split(":")[0].strip() == "eg"), None)
+                res = study.run(gs, keys, spec=eg, progress=False if args.quiet else None,
+                                **_engine_options(args))
                 print(res.render(width=100))
         finally:
             rep.close()
