@@ -195,14 +195,6 @@ def cmd_encode(args) -> int:
     return 0
 
 
-REPORT_COLUMNS = [
-    ("group", "{}"), ("codec", "{}"), ("keys", "{}"), ("elements", "{}"), ("raw_bytes", "{}"),
-    ("bits_per_element", "{:.3f}"), ("entropy_per_element", "{:.3f}"), ("efficiency", "{:.1%}"),
-    ("ratio_theory", "{:.4f}"), ("saving_theory", "{:.1%}"), ("ratio_os", "{:.4f}"),
-    ("saving_os", "{:.1%}"), ("max_abs_err", "{:.3g}"), ("rel_l2_err", "{:.3g}"),
-    ("not_encodable", "{}"),
-]
-
 REPORT_EPILOG = """\
 columns:
   theory  ratio (and saving) of the codec's exact bits to the raw tensor's bits:
@@ -210,8 +202,16 @@ columns:
   os      ratio (and saving) of the bytes the records really take on disk,
           record headers and 64-byte padding included, raw record against
           variant record: what a store of these variants would cost
+  factor  raw / coded on exact bits ("2.5x": two and a half times smaller)
   bits_per_element, entropy_per_element (order-0 entropy of the coded
           symbols) and efficiency (entropy / bits); errors of lossy codecs
+          (rel L2 error, max abs error)
+
+output:
+  a summary that fits 100 columns (codecs named [1], [2], ...; totals only
+  when there are more than 40 groups); --csv FILE keeps every column of
+  every row: one row per key, or per group with --group-by; --plot DIR
+  writes PNGs; --study answers whether remap=rank and grouping pay
 
 resuming:
   per-key results are appended to a results file (default: STORE.results
@@ -225,22 +225,10 @@ dask:
 """
 
 
-def _table(rows: list[dict]) -> str:
-    table = [[("-" if r[c] is None else f.format(r[c])) for c, f in REPORT_COLUMNS] for r in rows]
-    head = [c for c, _ in REPORT_COLUMNS]
-    widths = [max([len(h)] + [len(t[i]) for t in table]) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(t, widths)) for t in table]
-    return "\n".join(lines)
-
-
-def _render(rows: list[dict]) -> str:
-    """The terminal summary (gradstore.report.summary when it is there, else the plain table)."""
-    try:
-        from .report import summary
-    except ImportError:
-        return _table(rows)
-    return summary.render(rows, width=100)
+def _render(rep) -> str:
+    """The terminal summary of a report (gradstore.report.summary)."""
+    from .report import summary
+    return summary.render(rep.rows, rep.totals, width=100)
 
 
 def _write_csv(path: str, rows) -> None:
@@ -269,6 +257,12 @@ def cmd_report(args) -> int:
         except ImportError:
             print("gradstore: error: --study is not available in this version", file=sys.stderr)
             return EXIT_ERROR
+    if args.plot:
+        try:
+            from .report import plots
+        except ImportError:
+            print("gradstore: error: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            return EXIT_ERROR
     with open_store(args.path) as gs:
         try:
             rep = report_mod.run(gs, args.codec or [], None, group_by,
@@ -281,15 +275,10 @@ def cmd_report(args) -> int:
         try:
             if args.csv:
                 _write_csv(args.csv, rep.rows)
-            print(_render(rep.rows) if rep.rows else "", flush=True)
+            print(_render(rep) if rep.rows else "", flush=True)
             if not rep.rows:
                 print("(no keys matched)", file=sys.stderr)
             if args.plot:
-                try:
-                    from .report import plots
-                except ImportError:
-                    print("gradstore: error: --plot is not available in this version", file=sys.stderr)
-                    return EXIT_ERROR
                 for path in plots.write(rep.results(), args.plot):
                     print(path)
             if args.study:

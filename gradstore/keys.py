@@ -53,6 +53,15 @@ def parse_bucket(name: str) -> Key | None:
     return None if m is None else Key(*map(int, m.groups()), "")
 
 
+_LAYER = re.compile(r"(?<![^.])\d+(?![^.])")    # a dot-separated component of digits only
+
+
+def module_type(module: str) -> str:
+    """The module name with its layer numbers as ``*``: ``layers.3.mlp.weight`` ->
+    ``layers.*.mlp.weight``; all layers of one kind share a type."""
+    return _LAYER.sub("*", module)
+
+
 def try_parse(key: str) -> Key | None:
     m = _KEY_RE.fullmatch(key)
     if m is None:

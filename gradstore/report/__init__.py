@@ -48,6 +48,7 @@ class Report:
 
     rows: list[dict]
     specs: list[str]
+    totals: list[dict]            # one row per codec over every key (raw first)
     keys: int                     # keys selected
     measured: int                 # keys measured by this run (the others were resumed)
     nbytes: int                   # raw bytes of the keys selected
@@ -154,7 +155,7 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
                     meter.advance(len(ks), sum(r.raw_bytes for r in out if r.codec == "raw"))
             except KeyboardInterrupt:
                 raise Interrupted(meter.done_keys, len(keys), not rf.temporary) from None
-            return Report(groups.rows(), specs, len(keys), len(pending), total_bytes,
+            return Report(groups.rows(), specs, groups.totals(), len(keys), len(pending), total_bytes,
                           None if rf.temporary else rf.path, rf, keys)
         except BaseException:
             if rf.temporary:

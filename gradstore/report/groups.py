@@ -16,6 +16,7 @@ from .result import KeyResult
 
 GROUP_FIELDS = ("rank", "epoch", "step", "bucket", "module")
 PLAIN_GROUP = "(plain keys)"
+TOTAL = "(all)"          # the accumulators over every key, next to the groups
 
 
 class ExactSum:
@@ -128,15 +129,19 @@ class Groups:
         self.order.setdefault(group_of(key, self.group_by), None)
 
     def add(self, r: KeyResult) -> None:
-        g = group_of(r.key, self.group_by)
-        acc = self.accs.get((g, r.codec))
-        if acc is None:
-            acc = self.accs[(g, r.codec)] = Acc()
-        acc.add(r)
+        for g in (group_of(r.key, self.group_by), TOTAL):
+            acc = self.accs.get((g, r.codec))
+            if acc is None:
+                acc = self.accs[(g, r.codec)] = Acc()
+            acc.add(r)
 
     def rows(self) -> list[dict]:
         return [row(g, spec, self.accs.get((g, spec)) or Acc())
                 for g in self.order for spec in self.specs]
+
+    def totals(self) -> list[dict]:
+        """One row per codec over every key of the report (group "(all)")."""
+        return [row(TOTAL, spec, self.accs.get((TOTAL, spec)) or Acc()) for spec in self.specs]
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -11,7 +11,8 @@ import pytest
 import gradstore
 from gradstore.codecs.eg import EGCodec
 from gradstore.report import study
-from gradstore.report.study.model import Counts, module_type
+from gradstore.keys import module_type
+from gradstore.report.study.model import Counts
 
 from conftest import EG, gradstore_cli, write_store
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 
-from .model import VARIANTS, Cost, Counts, model_cost, module_type
+from ...keys import module_type
+from .model import VARIANTS, Cost, Counts, model_cost
 from .result import GROUPINGS, Study
 from .task import TaskOut, groups_of, study_task
 

@@ -13,7 +13,6 @@ costs memory in its distinct values only.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,15 +24,6 @@ from ..groups import ExactSum
 # The eg codings compared, each (name, k, remap): one model each per group.
 VARIANTS = (("k=0", 0, False), ("k=0,rank", 0, True), ("k=auto", "auto", False),
             ("k=auto,rank", "auto", True))
-
-_LAYER = re.compile(r"(?<![^.])\d+(?![^.])")    # a dot-separated component of digits only
-
-
-def module_type(module: str) -> str:
-    """The module name with its layer numbers as ``*``: ``layers.3.mlp.weight`` ->
-    ``layers.*.mlp.weight``; all layers of one kind share a type."""
-    return _LAYER.sub("*", module)
-
 
 @dataclass
 class Cost:

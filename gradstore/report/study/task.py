@@ -17,9 +17,9 @@ import numpy as np
 
 from ...codecs.eg.passes import Source, is_float
 from ...errors import CodecError, NotEncodableError
-from ...keys import try_parse
+from ...keys import module_type, try_parse
 from ..measure import _entry, release, worker_store
-from .model import Cost, Counts, model_cost, module_type
+from .model import Cost, Counts, model_cost
 
 
 def groups_of(key: str) -> tuple[str, str]:
