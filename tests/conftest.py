@@ -1,6 +1,7 @@
-"""Fixtures shared by the store's crash and concurrency tests."""
+"""Fixtures shared by the store's crash and concurrency tests, and a guard against leaked processes."""
 from __future__ import annotations
 
+import multiprocessing
 import sys
 from pathlib import Path
 
@@ -27,3 +28,24 @@ def pytest_addoption(parser):
 def long_run(request) -> bool:
     """True under ``pytest --long``: property tests draw many more examples."""
     return request.config.getoption("--long")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes():
+    """Fail a test that leaves a child process of this one running.
+
+    A worker left waiting for tasks is joined by multiprocessing when
+    pytest exits, so the run would print its results and then never end.
+    The guard waits a little for children that are on their way out, then
+    kills the rest (so the run can still end) and fails the test.
+    """
+    before = {p.pid for p in multiprocessing.active_children()}
+    yield
+    leaked = [p for p in multiprocessing.active_children() if p.pid not in before]
+    for p in leaked:
+        p.join(timeout=10)
+    alive = [p for p in leaked if p.is_alive()]
+    for p in alive:
+        p.kill()
+        p.join()
+    assert not alive, f"the test left child processes running: {[p.name for p in alive]}"

@@ -103,6 +103,23 @@ def discard_broken(executor: Executor) -> None:
     executor.shutdown(wait=False)
 
 
+def shut_down(executor: Executor) -> None:
+    """Wait for the readers to finish their tasks and leave; then kill any left idle.
+
+    A pool whose readers were started before its first task (Runner._launch)
+    but which never got one has no manager thread: shutdown() would return
+    without telling them to leave, and they would wait for work forever,
+    and this process would wait for them at exit (multiprocessing joins its
+    children). Such a reader has no task, so SIGKILL loses nothing.
+    """
+    procs = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 def readers_need(files: Iterable[str | os.PathLike] | None) -> tuple[str, ...]:
     """Modules worth importing in readers before the first file (None: any file may come)."""
     import importlib.util

@@ -144,7 +144,9 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
                 client = stack.enter_context(connect(dask, scheduler_file))
             meter = stack.enter_context(Meter("report", len(keys), total_bytes,
                                               len(keys) - len(pending), done_bytes, progress))
-            runner = stack.enter_context(Runner(store, jobs, client, preload_of(codec_objs)))
+            # nothing left to measure: no worker processes to start (and stop) for it
+            runner = stack.enter_context(Runner(store, jobs if pending else 1, client,
+                                                preload_of(codec_objs)))
             tasks = ((specs, ks, srcs) for ks, srcs, _ in
                      chunks(pending, total_bytes - done_bytes, runner.workers))
             try:

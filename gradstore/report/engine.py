@@ -142,7 +142,8 @@ class Runner:
         if ex is None:
             return
         if exc_type is None:
-            ex.shutdown(wait=True)
+            from ..convert.readers import shut_down
+            shut_down(ex)
         else:
             from ..convert.readers import discard_broken
             discard_broken(ex)   # kill, don't wait: a Ctrl-C ends the command within a second

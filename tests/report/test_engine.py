@@ -204,3 +204,28 @@ def test_cli_encode_in_parallel(store):
     assert "encoded" in proc.stdout and "not encodable: bad" in proc.stderr
     with gradstore.open(store) as gs:
         assert gs.info()["variants"] == len(gs) - 1
+
+
+def test_cli_resumed_with_nothing_left_to_measure_exits(store, tmp_path):
+    """-j 2 with every key measured already: no workers left half-started
+    (they printed tracebacks once the command was gone) or waiting for work."""
+    res = tmp_path / "r.results"
+    for _ in range(2):
+        proc = gradstore_cli("report", store, "--codec", EG, "-j", "2", "--results", res, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout == gradstore_cli("report", store, "--codec", EG, "--results", res).stdout
+
+
+def test_idle_workers_are_stopped(store):
+    """A pool started before its first task (Runner starts every worker up front)
+    that never gets one has no manager thread to tell its workers to leave:
+    closing it must stop them all the same, or this process waits for them at exit."""
+    import multiprocessing
+    from gradstore.report.engine import Runner
+    before = set(multiprocessing.active_children())
+    with gradstore.open(store) as gs, Runner(gs, jobs=2) as runner:
+        started = [p for p in multiprocessing.active_children() if p not in before]
+        assert len(started) == 2 and runner.workers == 2
+    for p in started:
+        assert not p.is_alive() and p.exitcode is not None
