@@ -211,7 +211,9 @@ output:
   a summary that fits 100 columns (codecs named [1], [2], ...; totals only
   when there are more than 40 groups); --csv FILE keeps every column of
   every row: one row per key, or per group with --group-by; --plot DIR
-  writes PNGs; --study answers whether remap=rank and grouping pay
+  writes PNGs; --study answers whether remap=rank and grouping pay; a
+  communication hook's records in the store (hooks/, written by
+  GradientCapture with gradstore.torch.EGHookState) are printed and plotted
 
 resuming:
   per-key results are appended to a results file (default: STORE.results
@@ -231,6 +233,16 @@ def _render(rep) -> str:
     return summary.render(rep.rows, rep.totals, width=100)
 
 
+def _hook_stats(store_path) -> dict:
+    """The communication hooks' records in the store (gradstore.hookstats); a warning line
+    per file that cannot be read."""
+    from . import hookstats
+    stats, problems = hookstats.read_store(store_path)
+    for problem in problems:
+        print(f"gradstore: warning: {problem}", file=sys.stderr)
+    return stats
+
+
 def _write_csv(path: str, rows) -> None:
     import csv
     with open(path, "w", newline="") as f:
@@ -245,6 +257,7 @@ def _write_csv(path: str, rows) -> None:
 
 
 def cmd_report(args) -> int:
+    from . import hookstats
     from . import report as report_mod
     from .report.groups import check_group_by
     group_by = check_group_by(args.group_by or "")
@@ -278,9 +291,14 @@ def cmd_report(args) -> int:
             print(_render(rep) if rep.rows else "", flush=True)
             if not rep.rows:
                 print("(no keys matched)", file=sys.stderr)
+            hooks = _hook_stats(gs.path)
+            if hooks:
+                print(hookstats.render(hooks))
             if args.plot:
                 for path in plots.write(rep.results(), args.plot):
                     print(path)
+                if hooks:
+                    print(plots.write_hooks(hooks, args.plot))
             if args.study:
                 keys = gs.keys(**filters_of(args))
                 eg = next((c for c in args.codec or [] if c.split(":")[0].strip() == "eg"), None)

@@ -3,6 +3,9 @@
   saving_per_bucket.png     histogram of the saving per R_E_S_B bucket, per codec
   saving_per_step.png       saving against step, one line per rank and codec
   bits_vs_entropy.png       bits per element against the entropy, per module type
+  hook_bytes_per_step.png   when the store holds a communication hook's records
+                            (gradstore.hookstats): bytes sent per step against
+                            the bucket bytes, and bits per element, per rank
 
 Saving is 1 - coded bits / raw bits (the "theory" figures of the report).
 The results stream in (a whole run's worth does not fit in memory) and are
@@ -26,6 +29,7 @@ from ..keys import module_type, try_parse  # noqa: E402
 from .result import KeyResult  # noqa: E402
 
 FILES = ("saving_per_bucket.png", "saving_per_step.png", "bits_vs_entropy.png")
+HOOK_FILE = "hook_bytes_per_step.png"
 
 
 class Sums:
@@ -153,3 +157,39 @@ def _bits_vs_entropy(sums: Sums):
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def write_hooks(stats: dict, out_dir: str | os.PathLike) -> str:
+    """``hook_bytes_per_step.png`` of {(hook, rank): records} (gradstore.hookstats) in ``out_dir``."""
+    fig, (sent, bits) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, ((hook, rank), records) in enumerate(stats.items()):
+        before, after, numel = defaultdict(int), defaultdict(int), defaultdict(int)
+        for r in records:
+            before[r.step] += r.bytes_before
+            after[r.step] += r.bytes_after
+            numel[r.step] += r.numel
+        steps = sorted(before)
+        color = f"C{i % 10}"
+        sent.plot(steps, [after[s] / 2**20 for s in steps], color=color, linewidth=1.2,
+                  label=f"{hook}, rank {rank}: sent")
+        sent.plot(steps, [before[s] / 2**20 for s in steps], color=color, linewidth=1, linestyle="--",
+                  label=f"{hook}, rank {rank}: bucket bytes (all-reduce)")
+        bits.plot(steps, [8 * after[s] / numel[s] if numel[s] else 0 for s in steps], color=color,
+                  linewidth=1.2, label=f"{hook}, rank {rank}")
+    for ax, ylabel, title in ((sent, "MiB per step", "Bytes sent per step"),
+                              (bits, "bits per element", "Bits on the wire per gradient element")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.set_title(title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if stats:
+            ax.legend(fontsize=7)
+        else:
+            _empty(ax, "hook records")
+    fig.tight_layout()
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, HOOK_FILE)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

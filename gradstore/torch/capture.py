@@ -140,6 +140,7 @@ class GradientCapture:
         self._owns_store = False
         self._writer: BucketWriter | None = None
         self._pool = HostBufferPool(max_pending, pin=False)
+        self._hook_state = None
         self.active = self.ranks is None or rank in self.ranks
         if self.codecs:  # a bad spec fails here, not in the writer thread
             from ..codecs.registry import get_codec
@@ -170,7 +171,10 @@ class GradientCapture:
         """Register the capturing hook on ``ddp_model``; ``hook(state, bucket)`` does the communication.
 
         Without ``hook``, the default all-reduce (averaging over ranks) is used,
-        with ``state`` as its process group (None: the default group).
+        with ``state`` as its process group (None: the default group). A state
+        that keeps statistics (``stats_name`` and ``records``, as
+        gradstore.torch.EGHookState) has them written into the store at
+        close, as ``hooks/<stats_name>-r<rank>.csv``, for ``gradstore report``.
         """
         module = getattr(ddp_model, "module", ddp_model)
         if any(p.device.type == "cuda" for p in module.parameters()):
@@ -181,6 +185,7 @@ class GradientCapture:
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
             inner = allreduce_hook
         self._inner = inner
+        self._hook_state = state
         ddp_model.register_comm_hook(state, self._hook)
 
     def _hook(self, state, bucket):
@@ -310,11 +315,25 @@ class GradientCapture:
         finally:
             if self._owns_store:
                 self.store.close()
+            self._write_hook_stats()
         if self.stats.dropped:
             warnings.warn(f"gradstore capture: rank {self.rank} dropped {self.stats.dropped} "
                           f"of {self.stats.dropped + self.stats.captured} buckets (writer behind)",
                           RuntimeWarning, stacklevel=2)
         self._check_writer()
+
+    def _write_hook_stats(self) -> None:
+        """The hook state's records, into the store (a failure is a warning: gradients come first)."""
+        state, where = self._hook_state, getattr(self.store, "path", None)
+        name = getattr(state, "stats_name", None)
+        if name is None or where is None or not hasattr(state, "records"):
+            return
+        from ..hookstats import write_to_store
+        try:
+            write_to_store(state.records, where, name, self.rank)
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"gradstore capture: the {name} hook's statistics were not written "
+                          f"into the store: {exc}", RuntimeWarning, stacklevel=3)
 
     def __enter__(self) -> "GradientCapture":
         return self
