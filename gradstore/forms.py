@@ -58,7 +58,7 @@ class Forms:
     def build(self, f: int) -> tuple:
         code, start = int(self.dtype[f]), int(self.dstart[f])
         shape = tuple(self.dims[start:start + int(self.ndim[f])].tolist())
-        got = self.built[f] = (int(self.kind[f]), dtypes.NUMPY[code], shape, dtypes.NAMES[code])
+        got = self.built[f] = (int(self.kind[f]), dtypes.by_code(code), shape, dtypes.NAMES[code])
         return got
 
     def row_dims(self, forms: np.ndarray) -> np.ndarray:

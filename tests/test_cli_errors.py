@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,14 +43,18 @@ def store(tmp_path_factory) -> Path:
     return path
 
 
+SOURCE_NUMEL = 512
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> Path:
-    """48 .pt buckets of 4 MiB: a conversion of them takes seconds."""
+    """48 .pt buckets of 1,024 small tensors (2 MiB): a conversion of them takes seconds
+    (about 4 s here: per-tensor work, not bytes, so that it outlasts the longest delay)."""
     torch = pytest.importorskip("torch")
     src = tmp_path_factory.mktemp("src")
     g = torch.Generator().manual_seed(0)
     for s in range(48):
-        torch.save({f"layers.{i}.weight": torch.randn(1 << 18, generator=g) for i in range(4)},
+        torch.save({f"layers.{i}.weight": torch.randn(SOURCE_NUMEL, generator=g) for i in range(1024)},
                    src / f"R_0_E_0_S_{s}_B_0.pt")
     return src
 
@@ -102,11 +107,14 @@ def _interrupt(argv: list[str], delay: float) -> subprocess.CompletedProcess:
         while not _importing_numpy(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.001)
         time.sleep(delay)
+        finished_first = proc.poll() is not None
         try:
             os.killpg(proc.pid, signal.SIGINT)
         except ProcessLookupError:
             pass
         out, err = proc.communicate(timeout=120)
+        assert not finished_first, (f"the command ended before the Ctrl-C {delay} s in: "
+                                    f"give it more work (status {proc.returncode})\n{err}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -125,8 +133,10 @@ def _assert_interrupted(res: subprocess.CompletedProcess, prog: str, delay: floa
 
 @pytest.mark.parametrize("delay", DELAYS)
 def test_ctrl_c_during_gradstore_report(store, delay):
-    res = _interrupt([sys.executable, "-m", "gradstore", "report", str(store),
-                      "--codec", "eg:k=auto,scale=1e6", "-j", "2"], delay)
+    # zstd at level 19 makes the report outlast the longest delay (about 12 s here);
+    # --fresh: an earlier delay's results must not shorten it
+    res = _interrupt([sys.executable, "-m", "gradstore", "report", str(store), "--fresh",
+                      "--codec", "eg:k=auto,scale=1e6", "--codec", "zstd:level=19", "-j", "2"], delay)
     _assert_interrupted(res, "gradstore", delay)
 
 
@@ -153,4 +163,5 @@ def test_ctrl_c_during_gradstore_convert(sources, tmp_path, delay):
         with gradstore.open(dest) as gs:
             assert not gs.verify()
             for k in gs.keys():   # what was stored is what the sources hold
-                assert gs[k].shape == (1 << 18,) and np.isfinite(gs[k]).all()
+                assert gs[k].shape == (SOURCE_NUMEL,) and np.isfinite(gs[k]).all()
+        shutil.rmtree(dest)

@@ -57,10 +57,10 @@ from __future__ import annotations
 
 import struct
 
-import ml_dtypes
 import numpy as np
 import xxhash
 
+from ..dtypes import known_name
 from ..errors import CodecError
 from . import fpx_decode, fpx_encode
 from . import fpx_kernels as K
@@ -71,11 +71,11 @@ VERSION = 1
 SCALE = 12
 HEADER = struct.Struct("<2sBBBBHQII8s")     # 32 bytes
 # dtype -> (code, lane dtype the kernels see, bits per value)
-FLOATS = {
-    np.dtype(np.float16): (1, np.uint16, 16),
-    np.dtype(ml_dtypes.bfloat16): (2, np.uint16, 16),
-    np.dtype(np.float32): (3, np.uint32, 32),
-    np.dtype(np.float64): (4, np.int64, 64),
+FLOATS = {    # by dtype name (gradstore.dtypes)
+    "float16": (1, np.uint16, 16),
+    "bfloat16": (2, np.uint16, 16),
+    "float32": (3, np.uint32, 32),
+    "float64": (4, np.int64, 64),
 }
 ERRORS = {K.E_TABLE: "bad frequency table", K.E_RANS: "rANS stream does not decode",
           K.E_RAW: "raw bits do not match the symbols", K.E_SIZES: "chunk sizes exceed the payload"}
@@ -105,7 +105,7 @@ class FpxCodec(Codec):
         array = np.ascontiguousarray(array)
         n = int(array.size)
         chunk = self._params["chunk"]
-        layout = FLOATS.get(array.dtype)
+        layout = FLOATS.get(known_name(array.dtype))
         if layout is None or n == 0:
             body = array.reshape(-1).view(np.uint8).tobytes()
             header = HEADER.pack(MAGIC, VERSION, 0, 0, SCALE, 0, n, chunk, 0, _digest(body))
@@ -142,7 +142,7 @@ class FpxCodec(Codec):
         body = buf[HEADER.size:]
         if _digest(body) != digest:
             raise CodecError("corrupt fpx payload: checksum mismatch (truncated or damaged)")
-        layout = FLOATS.get(dtype)
+        layout = FLOATS.get(known_name(dtype))
         want = layout[0] if layout is not None and n else 0
         if count != n or code != want:
             raise CodecError(f"fpx payload holds {count} values of dtype code {code}, "

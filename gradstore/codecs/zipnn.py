@@ -12,14 +12,13 @@ float32 only; other dtypes are not encodable.
 """
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 
+from ..dtypes import known_name
 from ..errors import CodecError, NotEncodableError
 from .codec import Codec, Encoded, Param, as_bytes, element_count, integer
 
-DTYPES = {np.dtype(np.float16): "float16", np.dtype(ml_dtypes.bfloat16): "bfloat16",
-          np.dtype(np.float32): "float32"}
+DTYPES = ("float16", "bfloat16", "float32")   # the dtype names zipnn codes
 
 
 def _zipnn(dtype: np.dtype, threads: int):
@@ -28,7 +27,7 @@ def _zipnn(dtype: np.dtype, threads: int):
     except ImportError:
         raise CodecError("codec 'zipnn': the zipnn package is not installed "
                          "(pip install zipnn)") from None
-    return ZipNN(input_format="byte", bytearray_dtype=DTYPES[dtype], threads=threads)
+    return ZipNN(input_format="byte", bytearray_dtype=known_name(dtype), threads=threads)
 
 
 class ZipnnCodec(Codec):
@@ -40,7 +39,7 @@ class ZipnnCodec(Codec):
 
     def encode(self, array: np.ndarray) -> Encoded:
         array = np.ascontiguousarray(array)
-        if array.dtype not in DTYPES:
+        if known_name(array.dtype) not in DTYPES:
             raise NotEncodableError(f"zipnn codes float16, bfloat16 and float32, not {array.dtype}")
         if array.size == 0:
             return Encoded(b"", 0, 0, None, {})
@@ -51,7 +50,7 @@ class ZipnnCodec(Codec):
     def decode(self, payload, dtype, shape) -> np.ndarray:
         dtype = np.dtype(dtype)
         shape = tuple(int(d) for d in shape)
-        if dtype not in DTYPES:
+        if known_name(dtype) not in DTYPES:
             raise CodecError(f"zipnn payloads hold float16, bfloat16 or float32, not {dtype}")
         data = as_bytes(payload)
         want = element_count(shape) * dtype.itemsize

@@ -127,6 +127,7 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
             pending: list[tuple[str, int, int]] = []
             done_keys: list[str] = []
             done_bytes = total_bytes = 0
+            bf16 = False   # workers then import ml_dtypes once, in the server they fork from
             for key in keys:
                 e = store.entry(key)
                 groups.declare(key)
@@ -136,6 +137,7 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
                     done_bytes += e.payload_len
                 else:
                     pending.append((key, e.checksum, e.payload_len))
+                    bf16 = bf16 or e.dtype == "bfloat16"
             for r in rf.read(rf.offsets(done_keys, all_specs)):
                 groups.add(r)
             del done_keys
@@ -145,8 +147,8 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
             meter = stack.enter_context(Meter("report", len(keys), total_bytes,
                                               len(keys) - len(pending), done_bytes, progress))
             # nothing left to measure: no worker processes to start (and stop) for it
-            runner = stack.enter_context(Runner(store, jobs if pending else 1, client,
-                                                preload_of(codec_objs)))
+            preload = preload_of(codec_objs) + (("ml_dtypes",) if bf16 else ())
+            runner = stack.enter_context(Runner(store, jobs if pending else 1, client, preload))
             tasks = ((specs, ks, srcs) for ks, srcs, _ in
                      chunks(pending, total_bytes - done_bytes, runner.workers))
             try:
