@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from . import keys as keys_mod
+from .encoded import NO_TENSOR
 from .errors import GradstoreError
 from .progress import exit_on_interrupt, human_bytes
 from .maintenance import compact, repair
@@ -76,13 +77,16 @@ def cmd_ls(args) -> int:
     with open_store(args.path) as gs:
         keys = gs.keys(**filters_of(args))
         out = sys.stdout
-        for key in keys:
-            if args.long:
-                e = gs.entry(key)
-                shape = "x".join(map(str, e.shape)) or "scalar"
-                out.write(f"{key}\t{e.dtype}\t{shape}\t{e.payload_len}\n")
-            else:
+        encoded = gs.encoded_keys(**filters_of(args))   # no tensor: which variants hold them
+        for key in [*keys, *encoded]:
+            if not args.long:
                 out.write(key + "\n")
+                continue
+            e = gs.source_entry(key)
+            shape = "x".join(map(str, e.shape)) or "scalar"
+            size = (e.payload_len if e.seq != NO_TENSOR
+                    else f"variants only: {', '.join(gs.variant_specs(key))}")
+            out.write(f"{key}\t{e.dtype}\t{shape}\t{size}\n")
     return 0
 
 
@@ -103,6 +107,8 @@ def cmd_info(args) -> int:
     print(f"tensor bytes {human_bytes(info['tensor_bytes'])} ({info['tensor_bytes']})")
     print(f"disk bytes   {human_bytes(info['disk_bytes'])} ({info['disk_bytes']})")
     print(f"variants     {info['variants']}")
+    if info["encoded_only"]:
+        print(f"encoded only {info['encoded_only']} keys (variants without their tensors)")
     for name, segs in info["namespaces"].items():
         print(f"namespace    {name}: {segs['data']} data segment(s), {segs['var']} variant segment(s)")
     print(f"segment size {human_bytes(info['segment_size'])}")
@@ -119,7 +125,10 @@ def _span(values: list[int]) -> str:
 
 def cmd_get(args) -> int:
     with open_store(args.path) as gs:
-        arr = gs.read(args.key, verify=True)
+        if args.codec:
+            arr = gs.variant(args.key, args.codec, verify=True)
+        else:
+            arr = gs.read(args.key, verify=True)
         if args.output.endswith(".npy"):
             if arr.dtype.name == "bfloat16":
                 print("gradstore: note: .npy has no bfloat16; widened to float32 (exact)", file=sys.stderr)
@@ -134,7 +143,7 @@ def cmd_get(args) -> int:
 
 def cmd_verify(args) -> int:
     with open_store(args.path) as gs:
-        n = len(gs)
+        n = len(gs) + len(gs.encoded_keys())
         problems = gs.verify()
     for p in problems:
         print(f"DAMAGED {p}")
@@ -341,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", help="list keys")
     p.add_argument("path")
-    p.add_argument("-l", "--long", action="store_true", help="also print dtype, shape and bytes")
+    p.add_argument("-l", "--long", action="store_true", help="also print dtype, shape and bytes "
+                   "(or, for keys stored as variants only, their codecs)")
     add_filters(p)
     p.set_defaults(run=cmd_ls)
 
@@ -354,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("key")
     p.add_argument("-o", "--output", required=True, help="out.npy, or any other name for raw bytes")
+    p.add_argument("--codec", metavar="SPEC", help="the stored variant of that codec, decoded")
     p.set_defaults(run=cmd_get)
 
     p = sub.add_parser("verify", help="check every record's checksum; exit 1 if any is damaged")

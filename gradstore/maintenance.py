@@ -24,10 +24,13 @@ def info(store) -> dict:
     segments = {name: {fmt.STREAM_NAMES[s]: len(list_segments_of(ns, s)) for s in (1, 2)}
                 for name, ns in store._namespaces.items()}
     keys = store._all_keys()
-    parsed = [k for k in (try_parse(x) for x in keys) if k is not None]
+    from .encoded import keys as encoded_keys
+    encoded = encoded_keys(store) if nvariants else []
+    parsed = [k for k in (try_parse(x) for x in [*keys, *encoded]) if k is not None]
     return {
         "path": str(store.path),
         "keys": len(keys),
+        "encoded_only": len(encoded),
         "variants": nvariants,
         "buckets": len({k.bucket_name for k in parsed}),
         "ranks": sorted({k.rank for k in parsed}),

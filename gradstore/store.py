@@ -117,8 +117,23 @@ class Store:
         self._check_open()
         e = self._find(fmt.KIND_TENSOR, key) if isinstance(key, str) else None
         if e is None:
+            specs = self.variant_specs(key) if isinstance(key, str) else []
+            if specs:
+                raise KeyError(f"{key!r} is stored as encoded variants only ({', '.join(specs)}) "
+                               f"in {self.path}: read one with variant(key, spec) "
+                               "(gradstore get --codec SPEC)")
             raise KeyError(f"no such key in {self.path}: {key!r}")
         return e
+
+    def source_entry(self, key: str) -> Entry:
+        """``entry(key)``, or for a key stored as variants only an entry standing for its
+        tensor (dtype, shape, checksum, the record it would take; seq -1): see gradstore.encoded."""
+        self._check_open()
+        e = self._find(fmt.KIND_TENSOR, key) if isinstance(key, str) else None
+        if e is not None:
+            return e
+        from .encoded import source_entry
+        return source_entry(self, key)
 
     def _mapping(self, e: Entry):
         """The segment map holding ``e``, following a compaction if need be."""
@@ -332,6 +347,41 @@ class Store:
         prepared = [self._prepare(f"{name}/{check_key(module)}", value, overwrite)
                     for module, value in tensors.items()]
         return self._append(ns, prepared)
+
+    def write_encoded(self, name: str, tensors: Mapping[str, object], codecs, *,
+                      overwrite: bool = False):
+        """Store only the ``codecs`` variants of a bucket's tensors, not the tensors.
+
+        Each ``name/module`` gets one variant record per codec (a run for
+        the bucket); a tensor that no codec can represent is stored as a
+        tensor instead. Such keys are listed by :meth:`encoded_keys` and
+        read with :meth:`variant`. Returns a gradstore.encoded.EncodedWrite.
+        """
+        from .encoded import write
+        from .variants import codec_of
+        ns = self._check_writable()
+        if not isinstance(tensors, Mapping):
+            raise TypeError(f"write_encoded({name!r}): expected a mapping of module -> tensor")
+        codecs = [codec_of(c) for c in ([codecs] if isinstance(codecs, str) else codecs)]
+        if not codecs or any(c.spec == "raw" for c in codecs):
+            raise ValueError("write_encoded needs at least one codec, and not 'raw' "
+                             "(to store the tensors, use write_bucket)")
+        check_key(name)
+        prepared = [self._prepare(f"{name}/{check_key(module)}", value, overwrite)
+                    for module, value in tensors.items()]
+        if not overwrite:
+            for key, _ in prepared:
+                for c in codecs:
+                    if self._find(fmt.KIND_VARIANT, f"{key}\0{c.spec}") is not None:
+                        raise KeyExistsError(f"{c.spec} variant already stored (pass overwrite=True "
+                                             f"to replace it): {key!r}")
+        return write(self, ns, prepared, codecs)
+
+    def encoded_keys(self, *, rank=None, epoch=None, step=None, bucket=None, module=None) -> list[str]:
+        """Keys stored as encoded variants only (no tensor), in natural order; filters as keys()."""
+        from .encoded import keys
+        self._check_open()
+        return select(keys(self), Selector(rank, epoch, step, bucket, module))
 
     def sync(self) -> None:
         """Make everything written so far durable (fsync segments, log and directory)."""

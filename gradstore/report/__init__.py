@@ -119,7 +119,8 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
         if isinstance(store, (str, os.PathLike)):
             from ..store import open_store
             store = stack.enter_context(open_store(store))
-        keys = store.keys(**filters) if keys is None else list(keys)
+        # with the keys stored as encoded variants only (gradstore.encoded)
+        keys = store.keys(**filters) + store.encoded_keys(**filters) if keys is None else list(keys)
         rf = open_results(store, results, fresh)
         stack.callback(lambda: rf.close() if rf.temporary is False else None)
         try:
@@ -129,7 +130,7 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
             done_bytes = total_bytes = 0
             bf16 = False   # workers then import ml_dtypes once, in the server they fork from
             for key in keys:
-                e = store.entry(key)
+                e = store.source_entry(key)
                 groups.declare(key)
                 total_bytes += e.payload_len
                 if rf.done(key, all_specs, e.checksum):

@@ -13,6 +13,7 @@ import os
 import threading
 
 from .. import format as fmt
+from ..encoded import NO_TENSOR
 from ..errors import NotEncodableError
 from ..variants import codec_of, record_bytes, trial, variant_meta
 from .result import KeyResult
@@ -39,14 +40,14 @@ def _entry(store, key: str, src: int | None):
     """The key's entry, refreshed once if it is not what the main process saw (a
     long-lived Dask worker may hold an older view of the store)."""
     try:
-        e = store.entry(key)
+        e = store.source_entry(key)
     except KeyError:
         if src is None:
             raise
         e = None
     if src is not None and (e is None or e.checksum != src):
         store.refresh()
-        e = store.entry(key)
+        e = store.source_entry(key)
     return e
 
 
@@ -95,6 +96,8 @@ def measure_key(store, key: str, codecs: list, src: int | None = None) -> list[K
                 r.nbits, r.payload, r.disk = x["nbits"], stored.payload_len, stored.end - stored.offset
                 r.entropy_bits = (x.get("info") or {}).get("entropy_bits")
                 _set_error(r, x["lossless"], x.get("err"))
+            elif e.seq == NO_TENSOR:
+                r.failed = f"stored as encoded variants only: no tensor to encode with {codec.spec}"
             else:
                 used = True
                 try:

@@ -102,14 +102,16 @@ class GradientCapture:
     default) or "after" the communication, ``codecs`` (specs stored as
     variants next to each tensor), ``max_pending`` host buffers in flight and
     ``on_full`` "block" (wait for the writer) or "drop" (skip the bucket,
-    counted in ``stats.dropped``).
+    counted in ``stats.dropped``). ``raw=False`` stores only the ``codecs``
+    variants, not the tensors (``Store.write_encoded``: a tensor no codec
+    can represent is stored as a tensor, and counted in ``stats.not_encodable``).
     """
 
     def __init__(self, path, *, rank: int | None = None, every: int = 1,
                  ranks: Iterable[int] | int | None = None, buckets: Iterable[int] | int | None = None,
                  modules: str | Iterable[str] | None = None, when: str = "before",
                  codecs: str | Iterable[str] | None = None, max_pending: int = 4,
-                 on_full: str = "block", auto_step: bool = True,
+                 on_full: str = "block", auto_step: bool = True, raw: bool = True,
                  segment_size: int | str | None = None, fsync: bool = False):
         if when not in WHEN:
             raise ValueError(f"when must be 'before' or 'after', not {when!r}")
@@ -145,6 +147,10 @@ class GradientCapture:
         if self.codecs:  # a bad spec fails here, not in the writer thread
             from ..codecs.registry import get_codec
             self.codecs = [get_codec(spec).spec for spec in self.codecs]
+        if not raw and not [c for c in self.codecs if c != "raw"]:
+            raise ValueError("raw=False stores only encoded variants: give codecs=[...] "
+                             "(e.g. 'eg:k=auto,scale=1e6')")
+        self.raw = bool(raw)
         if self.active:
             if hasattr(path, "write_bucket"):
                 self.store = path
@@ -152,7 +158,7 @@ class GradientCapture:
                 self.store = open_store(os.fspath(path), "a", rank=rank,
                                         segment_size=segment_size, fsync=fsync)
                 self._owns_store = True
-            self._writer = BucketWriter(self.store, self._pool, self.codecs)
+            self._writer = BucketWriter(self.store, self._pool, self.codecs, raw=self.raw)
         _OPEN.add(self)
 
     # -- where training is ---------------------------------------------------

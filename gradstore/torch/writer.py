@@ -37,10 +37,11 @@ class WriterStats:
 class BucketWriter:
     """One thread: write each pending bucket (and its variants), then give its buffer back."""
 
-    def __init__(self, store, pool: HostBufferPool, codecs: list[str] = ()):
+    def __init__(self, store, pool: HostBufferPool, codecs: list[str] = (), raw: bool = True):
         self.store = store
         self.pool = pool
         self.codecs = list(codecs)
+        self.raw = raw   # False: the codecs' variants only (Store.write_encoded)
         self.stats = WriterStats()
         self.error: BaseException | None = None
         self._queue: queue.Queue[Pending | None] = queue.Queue()
@@ -84,11 +85,17 @@ class BucketWriter:
             for d in shape:
                 n *= d
             tensors[module] = tensor_to_numpy(flat[offset:offset + n].view(shape))
-        self.store.write_bucket(item.name, tensors)
+        if self.raw:
+            self.store.write_bucket(item.name, tensors)
+        else:
+            result = self.store.write_encoded(item.name, tensors, self.codecs)
+            for key in result.raw:   # no codec could: stored as a tensor
+                self.stats.not_encodable[key] = "; ".join(
+                    f"{spec}: {why[key]}" for spec, why in result.failed.items() if key in why)
         self.stats.buckets += 1
         self.stats.tensors += len(tensors)
         self.stats.bytes += item.nbytes
-        if self.codecs:
+        if self.raw and self.codecs:
             keys = [f"{item.name}/{module}" for module in tensors]
             for spec in self.codecs:
                 result = self.store.encode(spec, keys=keys, progress=False)

@@ -126,6 +126,8 @@ def scenarios(rank: int, world_size: int, root: str) -> None:
         "bf16_ref": train(rank, None, hook=bf16_compress_hook),
         "bf16": train(rank, f"{root}/bf16.gs", hook=bf16_compress_hook),
         "fail": train(rank, f"{root}/fail.gs", fail_at=2, slow=0.05),
+        "encoded": train(rank, f"{root}/encoded.gs", capture_kwargs=dict(
+            codecs=["eg:k=auto,scale=1e6", "fpx"], raw=False)),
     }
     dist.barrier()
     torch.save(out, f"{root}/rank{rank}.pt")

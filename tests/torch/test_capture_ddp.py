@@ -120,3 +120,32 @@ def test_exception_in_training_loses_nothing_captured(run):
         for key, arr in got.items():
             k = gradstore.Key.parse(key)
             np.testing.assert_array_equal(arr, fail["ref"][k.step][k.module].numpy())
+
+
+def test_variants_only_capture(run):
+    """raw=False: the codecs' variants of every gradient, and no tensor; fpx gives the
+    gradient back bit for bit, eg within its quantization step."""
+    from gradstore.codecs.registry import get_codec
+    codec = get_codec("eg:k=auto,scale=1e6")
+    root, records = run
+    with gradstore.open(root / "encoded.gs") as gs:
+        assert gs.verify() == []
+        assert gs.keys() == []
+        keys = gs.encoded_keys()
+        expected = {(rank, step, name): g.numpy() for rank, rec in enumerate(records)
+                    for step, grads in enumerate(rec["encoded"]["ref"]) for name, g in grads.items()}
+        assert len(keys) == len(expected)
+        for key in keys:
+            k = gradstore.Key.parse(key)
+            want = expected[(k.rank, k.step, k.module)]
+            assert gs.variant(key, "fpx", verify=True).tobytes() == want.tobytes(), key
+            eg = gs.variant(key, "eg:k=auto,scale=1e6", verify=True)
+            again = codec.decode(codec.encode(want).payload, want.dtype, want.shape)
+            assert eg.tobytes() == again.tobytes(), key   # what the codec makes of the gradient
+            # off by at most half a quantization step, and float32's rounding of the result
+            assert (np.abs(eg.astype(np.float64) - want) <= 0.5e-6 + np.spacing(np.abs(want))).all()
+            with pytest.raises(KeyError, match="encoded variants only"):
+                gs[key]
+    for rec in records:
+        assert rec["encoded"]["stats"]["not_encodable"] == 0
+        assert rec["encoded"]["stats"]["tensors"] == len(keys) // WORLD
