@@ -154,3 +154,49 @@ def test_cli_lists_and_gets_them(stores, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
     assert "encoded variants only" in bad.stderr and "--codec" in bad.stderr
+
+
+WRITER = """
+import sys
+import numpy as np
+import gradstore
+path, done = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+with gradstore.open(path, "a") as gs, open(done, "a") as log:
+    for s in range(100000):
+        tensors = {f"m{i}.weight": rng.laplace(0, 1e-4, 20000).astype(np.float32) for i in range(8)}
+        gs.write_encoded(f"R_0_E_0_S_{s}_B_0", tensors, ["eg:k=0,scale=1e6", "zstd:level=1"])
+        log.write(f"{s}\\n")
+        log.flush()
+"""
+
+
+@pytest.mark.parametrize("after", [0.8, 1.5, 2.2])
+def test_a_killed_writer_leaves_whole_buckets(tmp_path, after):
+    """SIGKILL during write_encoded: every bucket it returned from is there, whole, and the
+    one in flight is there whole or not at all (a bucket's variants are one run)."""
+    import signal
+    import time
+    path, done = tmp_path / "s.gs", tmp_path / "done"
+    done.write_text("")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(done)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not done.read_text() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)   # the first bucket is in: start-up and kernel loading are behind
+    time.sleep(after)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    committed = [int(x) for x in done.read_text().split()]
+    assert committed, "the writer committed nothing before it was killed"
+    with gradstore.open(path) as gs:
+        assert gs.verify() == []
+        steps = {}
+        for key in gs.encoded_keys():
+            steps.setdefault(gradstore.Key.parse(key).step, []).append(key)
+        assert set(committed) <= set(steps) <= set(committed) | {max(committed) + 1}
+        for s, keys in steps.items():
+            assert len(keys) == 8, f"bucket {s}: {len(keys)} of its 8 tensors"
+            for key in keys:
+                assert len(gs.variant_specs(key)) == 2
+                assert gs.variant(key, "zstd:level=1", verify=True).shape == (20000,)
