@@ -49,3 +49,11 @@ def no_leaked_processes():
         p.kill()
         p.join()
     assert not alive, f"the test left child processes running: {[p.name for p in alive]}"
+
+
+def pytest_unconfigure(config):
+    """Last resort: a child process still running now (started by a fixture, say) would
+    keep this process waiting for it at exit after the results are printed; kill it."""
+    for p in multiprocessing.active_children():
+        p.kill()
+        p.join(timeout=10)
