@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from . import keys as keys_mod
-from .encoded import NO_TENSOR
+from .encoded import NO_TENSOR, catalog
 from .errors import GradstoreError
 from .progress import exit_on_interrupt, human_bytes
 from .maintenance import compact, repair
@@ -85,7 +85,7 @@ def cmd_ls(args) -> int:
             e = gs.source_entry(key)
             shape = "x".join(map(str, e.shape)) or "scalar"
             size = (e.payload_len if e.seq != NO_TENSOR
-                    else f"variants only: {', '.join(gs.variant_specs(key))}")
+                    else f"variants only: {', '.join(catalog(gs)[key])}")
             out.write(f"{key}\t{e.dtype}\t{shape}\t{size}\n")
     return 0
 

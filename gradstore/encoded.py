@@ -81,23 +81,41 @@ def write(store, ns, prepared: list[tuple[str, np.ndarray]], codecs: list) -> En
     return result
 
 
-def keys(store) -> list[str]:
-    """Keys with variants and no tensor, unsorted."""
+def catalog(store) -> dict[str, list[str]]:
+    """{key: codec specs} of the keys with variants and no tensor.
+
+    One pass over the variant ids, kept until a namespace's index changes
+    (a record appended anywhere raises its greatest record number; a refresh
+    may replace it), so a report over many such keys does not scan them all
+    once per key.
+    """
+    token = tuple((name, id(ns.index), ns.index.last_n) for name, ns in store._namespaces.items())
+    cached = getattr(store, "_encoded_catalog", None)
+    if cached is not None and cached[0] == token:
+        return cached[1]
     tensors = store._all_keys()
     tensors = tensors if isinstance(tensors, dict) else set(tensors)
-    found: dict[str, None] = {}
+    found: dict[str, list[str]] = {}
     for ns in store._namespaces.values():
         for id_ in ns.index.ids(fmt.KIND_VARIANT):
-            key = id_.partition("\0")[0]
+            key, _, spec = id_.partition("\0")
             if key not in tensors:
-                found[key] = None
-    return list(found)
+                found.setdefault(key, []).append(spec)
+    for specs in found.values():
+        specs.sort()
+    store._encoded_catalog = (token, found)
+    return found
+
+
+def keys(store) -> list[str]:
+    """Keys with variants and no tensor, unsorted."""
+    return list(catalog(store))
 
 
 def newest_variant(store, key: str) -> Entry | None:
-    """The newest variant entry of ``key`` (any codec), or None."""
+    """The newest variant entry of an encoded-only ``key`` (any codec), or None."""
     best = None
-    for spec in store.variant_specs(key):
+    for spec in catalog(store).get(key, ()):
         e = store._find(fmt.KIND_VARIANT, f"{key}\0{spec}")
         if e is not None and (best is None or e.time > best.time):
             best = e

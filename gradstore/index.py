@@ -258,10 +258,10 @@ class Index:
             self._base_keys = self._blob[:-1].decode("utf-8").split("\0") if self._n else []
         keys = self._base_keys
         snap_rows = self._order[self._live_base_rows(kind)].tolist()
-        if len(snap_rows) == self._n:
-            out = list(keys)
-        elif kind == fmt.KIND_VARIANT:
+        if kind == fmt.KIND_VARIANT:   # (even when every base row is one: ids hold the codec)
             out = [f"{keys[r]}\0{self._extra[r]['codec']}" for r in snap_rows]
+        elif len(snap_rows) == self._n:
+            out = list(keys)
         else:
             out = [keys[r] for r in snap_rows]
         out.extend(self._tail[kind])

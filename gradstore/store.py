@@ -97,6 +97,7 @@ class Store:
             ns.refresh()
         self._discover()
         self._buckets = None
+        self._encoded_catalog = None   # gradstore.encoded.catalog
 
     # -- reading ---------------------------------------------------------------
 
@@ -433,9 +434,9 @@ class Store:
         """
         from . import report
         self._check_open()
-        rep = report.run(self, codecs, self.keys(**filters) if keys is None else keys, group_by,
-                         jobs=jobs, dask=dask, scheduler_file=scheduler_file, results=results,
-                         progress=progress)
+        rep = report.run(self, codecs, keys, group_by, jobs=jobs, dask=dask,
+                         scheduler_file=scheduler_file, results=results, progress=progress,
+                         **filters)
         rep.close()
         return rep.rows
 
@@ -449,7 +450,7 @@ class Store:
     def compact(self) -> tuple[int, int]:
         """Reclaim the space of overwritten records in this writer's namespace."""
         ns = self._check_writable()
-        self._buckets = None
+        self._buckets = self._encoded_catalog = None
         return ns.compact()
 
     def info(self) -> dict:

@@ -200,3 +200,60 @@ def test_a_killed_writer_leaves_whole_buckets(tmp_path, after):
             for key in keys:
                 assert len(gs.variant_specs(key)) == 2
                 assert gs.variant(key, "zstd:level=1", verify=True).shape == (20000,)
+
+
+def test_the_list_follows_writes_and_other_writers(tmp_path):
+    path = tmp_path / "s.gs"
+    one = {"w": np.ones(8, np.float32)}
+    with gradstore.open(path, "w") as gs, gradstore.open(path) as reader:
+        gs.write_encoded("R_0_E_0_S_0_B_0", one, FPX)
+        assert gs.encoded_keys() == ["R_0_E_0_S_0_B_0/w"]
+        gs.write("R_0_E_0_S_0_B_0/w", one["w"])          # now a tensor with a variant
+        assert gs.encoded_keys() == [] and gs.keys() == ["R_0_E_0_S_0_B_0/w"]
+        gs.write_encoded("R_0_E_0_S_1_B_0", one, FPX)
+        assert gs.encoded_keys() == ["R_0_E_0_S_1_B_0/w"]
+        assert gs.source_entry("R_0_E_0_S_1_B_0/w").checksum == checksum(one["w"])
+        assert reader.encoded_keys() == []
+        reader.refresh()
+        assert reader.encoded_keys() == ["R_0_E_0_S_1_B_0/w"]
+        with pytest.raises(KeyError, match="no such key"):
+            gs.source_entry("R_0_E_0_S_9_B_0/w")
+
+
+def test_a_snapshot_of_variants_only(tmp_path):
+    """More records than a close snapshots at: the reopened index holds variants only, and
+    lists them by their entry ids (key and codec), not by their keys."""
+    from gradstore import namespace
+    path = tmp_path / "s.gs"
+    rng = np.random.default_rng(0)
+    n = namespace.CHECKPOINT_ON_CLOSE // 10 + 1
+    with gradstore.open(path, "w") as gs:
+        for s in range(n):
+            gs.write_encoded(f"R_0_E_0_S_{s}_B_0",
+                             {f"m{i}": rng.standard_normal(16).astype(np.float32) for i in range(10)}, FPX)
+    assert (path / "main" / "index.snap").exists()
+    with gradstore.open(path) as gs:
+        keys = gs.encoded_keys()
+        assert len(keys) == 10 * n
+        assert gs.variant_specs(keys[-1]) == [get_codec(FPX).spec]
+        assert gs.source_entry(keys[-1]).shape == (16,)
+    rep = report.run(path, [FPX], results=False, progress=False)
+    assert rep.keys == 10 * n and rep.rows[0]["keys"] == 1
+
+
+def test_variants_encoded_from_a_namespace_without_tensors_are_listed(tmp_path):
+    """Tensors in rank 0's namespace, their variants written by the main namespace's writer:
+    main's snapshot then holds variants only (the same index path as above)."""
+    from gradstore import namespace
+    path = tmp_path / "s.gs"
+    rng = np.random.default_rng(0)
+    with gradstore.open(path, "a", rank=0) as gs:
+        for s in range(namespace.CHECKPOINT_ON_CLOSE // 10 + 1):
+            gs.write_bucket(f"R_0_E_0_S_{s}_B_0",
+                            {f"m{i}": rng.standard_normal(16).astype(np.float32) for i in range(10)})
+    with gradstore.open(path, "a") as gs:
+        assert not gs.encode(FPX, progress=False).failed
+    assert (path / "main" / "index.snap").exists()
+    with gradstore.open(path) as gs:
+        assert all(gs.variant_specs(k) == [get_codec(FPX).spec] for k in gs.keys())
+        assert gs.encoded_keys() == []
