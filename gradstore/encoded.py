@@ -17,7 +17,7 @@ and any other codec has no tensor to encode and says so.
 """
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -27,7 +27,8 @@ from . import dtypes
 from . import format as fmt
 from .errors import NotEncodableError
 from .index import Entry
-from .variants import trial, variant_meta
+from .store import checksum
+from .variants import codec_of, trial, variant_meta
 
 NO_TENSOR = -1   # the seq of a source entry that stands for a tensor not stored
 
@@ -53,14 +54,22 @@ class EncodedWrite:
         return f"encoded only ({coded}); {len(self.raw)} stored as tensors (no codec could)"
 
 
+def codecs_of(specs) -> list:
+    """The codecs a variants-only write stores: at least one, and not ``raw`` (ValueError)."""
+    codecs = [codec_of(c) for c in ([specs] if isinstance(specs, str) else specs)]
+    if not codecs or any(c.spec == "raw" for c in codecs):
+        raise ValueError("storing variants only needs at least one codec, and not 'raw' "
+                         "(to store the tensors, use write_bucket)")
+    return codecs
+
+
 def write(store, ns, prepared: list[tuple[str, np.ndarray]], codecs: list) -> EncodedWrite:
     """Write ``codecs``' variants of each (key, array) in one run; tensors none can code, in another."""
     result = EncodedWrite({c.spec: [] for c in codecs}, {c.spec: {} for c in codecs})
     items: list[tuple[dict, bytes]] = []
     raw: list[tuple[str, np.ndarray]] = []
     for key, arr in prepared:
-        src = _Source(dtypes.name_of(arr.dtype), tuple(arr.shape),
-                      fmt.xxh3(memoryview(arr.reshape(-1).view(np.uint8))))
+        src = _Source(dtypes.name_of(arr.dtype), tuple(arr.shape), checksum(arr))
         coded = False
         for codec in codecs:
             try:
@@ -128,10 +137,7 @@ def source_entry(store, key: str) -> Entry:
     v = newest_variant(store, key)
     if v is None:
         raise KeyError(f"no such key in {store.path}: {key!r}")
-    n = 1
-    for d in v.shape:
-        n *= d
-    meta = {"key": key, "dtype": v.dtype, "shape": list(v.shape), "time": time.time_ns()}
+    meta = {"key": key, "dtype": v.dtype, "shape": list(v.shape), "time": v.time}
     return Entry(fmt.KIND_TENSOR, key, NO_TENSOR, 0, fmt.record_header_len(fmt.pack_meta(meta)),
-                 n * dtypes.ITEMSIZE[v.dtype], v.dtype, tuple(v.shape), v.extra["src"], v.time,
-                 None, v.ns, 0)
+                 math.prod(v.shape) * dtypes.ITEMSIZE[v.dtype], v.dtype, tuple(v.shape),
+                 v.extra["src"], v.time, None, v.ns, 0)

@@ -358,15 +358,11 @@ class Store:
         tensor instead. Such keys are listed by :meth:`encoded_keys` and
         read with :meth:`variant`. Returns a gradstore.encoded.EncodedWrite.
         """
-        from .encoded import write
-        from .variants import codec_of
+        from .encoded import codecs_of, write
         ns = self._check_writable()
         if not isinstance(tensors, Mapping):
             raise TypeError(f"write_encoded({name!r}): expected a mapping of module -> tensor")
-        codecs = [codec_of(c) for c in ([codecs] if isinstance(codecs, str) else codecs)]
-        if not codecs or any(c.spec == "raw" for c in codecs):
-            raise ValueError("write_encoded needs at least one codec, and not 'raw' "
-                             "(to store the tensors, use write_bucket)")
+        codecs = codecs_of(codecs)
         check_key(name)
         prepared = [self._prepare(f"{name}/{check_key(module)}", value, overwrite)
                     for module, value in tensors.items()]

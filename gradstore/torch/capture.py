@@ -147,9 +147,13 @@ class GradientCapture:
         if self.codecs:  # a bad spec fails here, not in the writer thread
             from ..codecs.registry import get_codec
             self.codecs = [get_codec(spec).spec for spec in self.codecs]
-        if not raw and not [c for c in self.codecs if c != "raw"]:
-            raise ValueError("raw=False stores only encoded variants: give codecs=[...] "
-                             "(e.g. 'eg:k=auto,scale=1e6')")
+        if not raw:   # the writer's write_encoded would refuse them, in its thread
+            from ..encoded import codecs_of
+            try:
+                codecs_of(self.codecs)
+            except ValueError as exc:
+                raise ValueError(f"raw=False: {exc}; give codecs=[...], e.g. "
+                                 "'eg:k=auto,scale=1e6'") from None
         self.raw = bool(raw)
         if self.active:
             if hasattr(path, "write_bucket"):

@@ -149,3 +149,12 @@ def test_variants_only_capture(run):
     for rec in records:
         assert rec["encoded"]["stats"]["not_encodable"] == 0
         assert rec["encoded"]["stats"]["tensors"] == len(keys) // WORLD
+
+
+@pytest.mark.parametrize("codecs", [None, ["raw"], ["raw", "fpx"]])
+def test_variants_only_capture_needs_codecs_other_than_raw(tmp_path, codecs):
+    """Refused when made, as Store.write_encoded would refuse them later, in the writer thread."""
+    from gradstore.torch import GradientCapture
+    with pytest.raises(ValueError, match="raw=False: .*at least one codec, and not 'raw'"):
+        GradientCapture(tmp_path / "s.gs", rank=0, codecs=codecs, raw=False)
+    assert not (tmp_path / "s.gs").exists()
