@@ -68,7 +68,6 @@ from .codec import Codec, Encoded, Param, as_bytes, element_count, integer
 
 MAGIC = b"FX"
 VERSION = 1
-SCALE = 12
 HEADER = struct.Struct("<2sBBBBHQII8s")     # 32 bytes
 # dtype -> (code, lane dtype the kernels see, bits per value)
 FLOATS = {    # by dtype name (gradstore.dtypes)
@@ -108,7 +107,7 @@ class FpxCodec(Codec):
         layout = FLOATS.get(known_name(array.dtype))
         if layout is None or n == 0:
             body = array.reshape(-1).view(np.uint8).tobytes()
-            header = HEADER.pack(MAGIC, VERSION, 0, 0, SCALE, 0, n, chunk, 0, _digest(body))
+            header = HEADER.pack(MAGIC, VERSION, 0, 0, K.SCALE, 0, n, chunk, 0, _digest(body))
             payload = header + body
             return Encoded(payload, 8 * len(payload), n, 8.0 * len(body), {"chunks": 0})
         code, lane, W = layout
@@ -120,10 +119,10 @@ class FpxCodec(Codec):
         out = np.empty(start + bound, dtype=np.uint8)
         sizes = np.zeros((nchunks, 3), dtype=np.int64)
         counts = np.zeros((nchunks, K.CTX, K.A), dtype=np.int64)
-        end = start + fpx_encode.encode(u, W, SCALE, chunk, out[start:], sizes, counts)
+        end = start + fpx_encode.encode(u, chunk, out[start:], sizes, counts)
         out[HEADER.size:start] = np.frombuffer(sizes.astype("<u4").tobytes(), dtype=np.uint8)
         out[:HEADER.size] = np.frombuffer(HEADER.pack(
-            MAGIC, VERSION, code, K.T, SCALE, 0, n, chunk, 0, _digest(out[HEADER.size:end])), dtype=np.uint8)
+            MAGIC, VERSION, code, K.T, K.SCALE, 0, n, chunk, 0, _digest(out[HEADER.size:end])), dtype=np.uint8)
         payload = out[:end].tobytes()
         info = {"chunks": nchunks, "table_bytes": int(sizes[:, 0].sum()),
                 "rans_bytes": int(sizes[:, 1].sum()), "raw_bytes": int(sizes[:, 2].sum())}
@@ -151,8 +150,8 @@ class FpxCodec(Codec):
             if len(body) != n * dtype.itemsize:
                 raise CodecError(f"fpx payload holds {len(body)} raw bytes, expected {n * dtype.itemsize}")
             return body.copy().view(dtype).reshape(shape)
-        _, lane, W = layout
-        if T != K.T or scale != SCALE or not 4096 <= chunk <= 1 << 24:
+        _, lane, _ = layout
+        if T != K.T or scale != K.SCALE or not 4096 <= chunk <= 1 << 24:
             raise CodecError(f"corrupt fpx payload: symbol bits {T}, scale {scale}, chunk {chunk}")
         nchunks = -(-n // chunk)
         if len(body) < 12 * nchunks:
@@ -161,7 +160,7 @@ class FpxCodec(Codec):
         if int(sizes.sum()) != len(body) - 12 * nchunks:
             raise CodecError("corrupt fpx payload: chunk sizes do not add up to its length")
         out = np.empty(n, dtype=lane)
-        status = fpx_decode.decode(body, 12 * nchunks, sizes, n, W, scale, chunk, out)
+        status = fpx_decode.decode(body, 12 * nchunks, sizes, n, chunk, out)
         if status:
             raise CodecError(f"corrupt fpx payload: {ERRORS.get(status, status)}")
         return out.view(dtype).reshape(shape)

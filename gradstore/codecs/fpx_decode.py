@@ -7,16 +7,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .fpx_kernels import A, CTX, E_RANS, E_RAW, E_SIZES, E_TABLE, NS, RANS_L, T, ZERO, _get_varint
+from .fpx_kernels import (A, CTX, E_RANS, E_RAW, E_SIZES, E_TABLE, NS, RANS_L, SCALE, T, ZERO, _get_varint,
+                          lane_bits)
 
 
 @njit(cache=True, nogil=True)
-def _read_tables(buf, p, end, scale, dec):
+def _read_tables(buf, p, end, dec):
     """Fill the decoding table of both contexts from buf[p:end]; 0 or E_TABLE.
 
     One int64 per context and slot: frequency << 32 | (slot - cumulative) << 16 | symbol.
     """
-    M = np.int64(1) << scale
+    M = np.int64(1) << SCALE
     for k in range(CTX):
         present, p = _get_varint(buf, p, end)
         if present < 1 or present > A:
@@ -41,12 +42,14 @@ def _read_tables(buf, p, end, scale, dec):
 
 
 @njit(cache=True, nogil=True)
-def _chunk(buf, p, end, q_end, scale, dec, W, out, lo, m):
+def _chunk(buf, p, end, q_end, dec, out, lo, m):
     """Decode one chunk: the NS states, then the symbols from buf[p:end], each non-zero
     value's raw bytes from buf[end:q_end]; 0 or a negative error code.
 
     The step is written out per state: numba leaves tuple-returning helpers slow here.
     """
+    W = lane_bits(out)
+    scale = SCALE
     M = np.int64(1) << scale
     mask = M - 1
     nb = (W - T) // 8
@@ -197,9 +200,9 @@ def _chunk(buf, p, end, q_end, scale, dec, W, out, lo, m):
 
 
 @njit(cache=True, nogil=True)
-def decode(buf, p, sizes, n, W, scale, chunk, out):
+def decode(buf, p, sizes, n, chunk, out):
     """Decode the chunks starting at ``buf[p]`` into ``out``; 0 or a negative error code."""
-    M = np.int64(1) << scale
+    M = np.int64(1) << SCALE
     dec = np.empty(CTX * M, dtype=np.int64)
     end_all = buf.shape[0]
     c = 0
@@ -210,10 +213,10 @@ def decode(buf, p, sizes, n, W, scale, chunk, out):
         b_end = r_end + sizes[c, 2]
         if b_end > end_all or sizes[c, 1] < 4 * NS or sizes[c, 1] % 2:
             return E_SIZES
-        status = _read_tables(buf, p, t_end, scale, dec)
+        status = _read_tables(buf, p, t_end, dec)
         if status:
             return status
-        status = _chunk(buf, t_end, r_end, b_end, scale, dec, W, out, lo, m)
+        status = _chunk(buf, t_end, r_end, b_end, dec, out, lo, m)
         if status:
             return status
         p = b_end

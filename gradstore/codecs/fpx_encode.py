@@ -4,19 +4,26 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .fpx_kernels import A, CTX, NS, RANS_L, T, ZERO, _normalize, _put_varint
+from .fpx_kernels import A, CTX, NS, RANS_L, SCALE, T, ZERO, _normalize, _put_varint, lane_bits
 
 
 @njit(cache=True, nogil=True)
-def _split(u, lo, m, W, sym, raw, counts):
+def _split(u, lo, m, sym, raw, counts):
     """Pass 1 over a chunk: table row (context * A + symbol) of each value, its count, raw bytes;
-    returns the raw length."""
+    returns the raw length.
+
+    Counted in one histogram per state, added up at the end: a run of equal
+    symbols then increments four counters in turn rather than one, which
+    would wait on its own previous increment every time.
+    """
+    W = lane_bits(u)
     nb = (W - T) // 8               # raw bytes of a non-zero value: sign, then the low bits
     shift = W - 1 - T
     low = (np.int64(1) << shift) - 1
     absmask = (np.int64(1) << (W - 1)) - 1
     q = 0
     ks = np.zeros(NS, dtype=np.int64)   # context of each state's next position
+    hist = np.zeros((NS, CTX * A), dtype=np.int64)
     for i in range(m):
         v = np.int64(u[np.uint64(lo + i)])
         a = v & absmask
@@ -38,15 +45,17 @@ def _split(u, lo, m, W, sym, raw, counts):
         j = i & (NS - 1)
         row = ks[np.uint64(j)] + s
         sym[np.uint64(i)] = row
-        counts[np.uint64(row)] += 1
+        hist[np.uint64(j), np.uint64(row)] += 1
         ks[np.uint64(j)] = A if s >= ZERO else 0
+    for row in range(CTX * A):
+        counts[row] += hist[0, row] + hist[1, row] + hist[2, row] + hist[3, row]
     return q
 
 
 @njit(cache=True, nogil=True)
-def _put_tables(freq, scale, out, p, enc):
+def _put_tables(freq, out, p, enc):
     """Write both contexts' tables at out[p]; fill the encoder's rows (ryg's reciprocal form of x / f)."""
-    M = np.int64(1) << scale
+    M = np.int64(1) << SCALE
     for k in range(CTX):
         present = 0
         for s in range(A):
@@ -63,7 +72,7 @@ def _put_tables(freq, scale, out, p, enc):
             p = _put_varint(out, p, f - 1)
             prev = s
             row = k * A + s
-            enc[row, 0] = np.uint64(f) << np.uint64(31 - scale)      # x_max
+            enc[row, 0] = np.uint64(f) << np.uint64(31 - SCALE)      # x_max
             enc[row, 3] = np.uint64(M - f)                          # complement
             if f < 2:
                 enc[row, 1] = np.uint64(0xFFFFFFFF)                 # reciprocal
@@ -148,15 +157,15 @@ def _rans(sym, m, enc, words):
 
 
 @njit(cache=True, nogil=True)
-def encode(u, W, scale, chunk, out, sizes, counts):
+def encode(u, chunk, out, sizes, counts):
     """Encode all chunks of ``u`` into ``out``; returns the bytes written.
 
     ``sizes[c]`` receives the byte lengths of chunk c's tables, rANS words
     and raw bytes; ``counts[c, ctx]`` its symbol counts per context.
     """
     n = u.shape[0]
-    nb = (W - T) // 8
-    sym = np.empty(chunk, dtype=np.int64)
+    nb = (lane_bits(u) - T) // 8
+    sym = np.empty(chunk, dtype=np.uint16)   # table rows, < CTX * A
     raw = np.empty(chunk * nb + 8, dtype=np.uint8)
     freq = np.zeros((CTX, A), dtype=np.int64)
     enc = np.zeros((CTX * A, 5), dtype=np.uint64)
@@ -165,11 +174,11 @@ def encode(u, W, scale, chunk, out, sizes, counts):
     c = 0
     for lo in range(0, n, chunk):
         m = min(n, lo + chunk) - lo
-        q = _split(u, lo, m, W, sym, raw, counts[c].reshape(CTX * A))
+        q = _split(u, lo, m, sym, raw, counts[c].reshape(CTX * A))
         for k in range(CTX):
-            _normalize(counts[c, k], counts[c, k].sum(), scale, freq[k])
+            _normalize(counts[c, k], counts[c, k].sum(), freq[k])
         start = p
-        p = _put_tables(freq, scale, out, p, enc)
+        p = _put_tables(freq, out, p, enc)
         sizes[c, 0] = p - start
         w = _rans(sym, m, enc, words)
         start = p
