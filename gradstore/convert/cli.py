@@ -114,6 +114,9 @@ def build_export_parser(prog: str = "gradstore export") -> argparse.ArgumentPars
     p.add_argument("--format", choices=list(FORMATS), default="pt")
     p.add_argument("--pack-size", default="1.8TB",
                    help="h5: start a new pack past this size (default 1.8TB)")
+    p.add_argument("--codec", metavar="SPEC",
+                   help="also export the keys stored as encoded variants only, decoded from "
+                        "this codec's variant (lossy codecs give approximate tensors)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     add_filters(p)
     return p
@@ -141,7 +144,7 @@ def _export(argv: list[str] | None, prog: str) -> int:
                disable=True if args.quiet else None)
     try:
         report = export(args.path, args.to, format=args.format, pack_size=pack_size,
-                        progress=bar.update, **filters_of(args))
+                        progress=bar.update, codec=args.codec, **filters_of(args))
     except ImportError as exc:
         print(f"{prog}: error: --format {args.format} needs {exc.name or 'a missing package'} "
               f"(pip install 'gradstore[all]')", file=sys.stderr)
@@ -151,8 +154,15 @@ def _export(argv: list[str] | None, prog: str) -> int:
         return EXIT_ERROR
     finally:
         bar.close()
+    if report.encoded_left_out:
+        print(f"{prog}: warning: {report.encoded_left_out} keys stored as encoded variants only "
+              f"were left out (export them decoded with --codec SPEC)", file=sys.stderr)
     if not args.quiet:
-        print(f"{prog}: {report.tensors} tensors ({human_bytes(report.nbytes)}) into "
+        decoded = ""
+        if report.decoded:
+            decoded = (f", {report.decoded} decoded from {args.codec} variants"
+                       + (" (lossy: approximate values)" if report.lossy else " (exact)"))
+        print(f"{prog}: {report.tensors} tensors ({human_bytes(report.nbytes)}{decoded}) into "
               f"{len(report.files)} {args.format} files in {args.to} ({report.elapsed:.1f} s)",
               file=sys.stderr)
     return 0

@@ -6,6 +6,11 @@ the same keys: one ``R_E_S_B.pt`` (or .safetensors) per bucket holding
 ``/R_E_S/B_b/module`` layout.  Each file is written under a hidden name and
 renamed when complete, so a converter watching the directory never sees a
 partial file.
+
+Keys stored as encoded variants only (gradstore.encoded) have no tensor to
+write: with ``codec`` they are exported decoded from that codec's variant
+(lossy if the codec is), otherwise they are left out and counted, and a
+selection of nothing else is an error that says how to export them.
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ class ExportReport:
     tensors: int = 0
     nbytes: int = 0
     elapsed: float = 0.0
+    decoded: int = 0          # of the tensors, decoded from ``codec`` variants
+    lossy: bool = False       # ``codec`` does not give back the tensors bit for bit
+    encoded_left_out: int = 0   # keys held as encoded variants only, not exported (no ``codec``)
 
 
 def _group(keys: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -40,13 +48,39 @@ def _group(keys: list[str]) -> dict[str, list[tuple[str, str]]]:
     return files
 
 
-def _tensors(gs, pairs: list[tuple[str, str]]) -> dict:
-    """{name: tensor} views of the store: torch tensors when torch is there (bf16 needs it)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return {name: gs[key] for name, key in pairs}
-    return {name: gs.torch(key) for name, key in pairs}
+class _Reader:
+    """A key's tensor: a view of the store, or decoded from its ``codec`` variant when
+    the key is held as encoded variants only."""
+
+    def __init__(self, gs, encoded: set[str], codec):
+        self.gs, self.encoded, self.codec = gs, encoded, codec
+
+    def array(self, key: str):
+        return self.gs.variant(key, self.codec) if key in self.encoded else self.gs[key]
+
+    def tensors(self, pairs: list[tuple[str, str]]) -> dict:
+        """{name: tensor}: torch tensors when torch is there (bf16 needs it)."""
+        try:
+            from ..torch.convert import array_to_tensor
+        except ImportError:
+            return {name: self.array(key) for name, key in pairs}
+        return {name: array_to_tensor(self.array(key)) if key in self.encoded else self.gs.torch(key)
+                for name, key in pairs}
+
+
+def _selection(gs, codec, filters: dict) -> tuple[list[str], set[str], int]:
+    """(keys to export in natural order, those of them to decode from ``codec``, encoded-only
+    keys left out)."""
+    from ..keys import sort_key
+    keys = gs.keys(**filters)
+    encoded = gs.encoded_keys(**filters)
+    if codec is not None:
+        return sorted(keys + encoded, key=sort_key), set(encoded), 0
+    if encoded and not keys:
+        specs = ", ".join(gs.variant_specs(encoded[0]))
+        raise SourceError(f"{gs.path}: the {len(encoded)} keys selected are stored as encoded "
+                          f"variants only ({specs}); pass --codec SPEC to export them decoded")
+    return keys, set(), len(encoded)
 
 
 def _atomic(path: Path, write) -> None:
@@ -68,23 +102,33 @@ def _umask() -> int:
 
 def export(store, to: str | os.PathLike, *, format: str = "pt", rank=None, epoch=None,
            step=None, bucket=None, module=None, pack_size: int = h5.PACK_BYTES,
-           progress=None) -> ExportReport:
+           progress=None, codec=None) -> ExportReport:
     """Write the selected keys of ``store`` (a path or an open store) into directory ``to``.
 
     Filters are those of ``Store.keys``.  Refuses to overwrite existing files.
+    ``codec`` (a spec): keys held as encoded variants only are exported too,
+    decoded from this codec's variant (KeyError for one that has none).
     """
     import gradstore
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r} (use {', '.join(FORMATS)})")
+    if codec is not None:
+        from ..variants import codec_of
+        codec = codec_of(codec)   # an unknown codec fails before anything is written
     t0 = time.monotonic()
     out = Path(to)
     report = ExportReport()
     own = isinstance(store, (str, os.PathLike))
     gs = gradstore.open(store, "r") if own else store
     try:
-        keys = gs.keys(rank=rank, epoch=epoch, step=step, bucket=bucket, module=module)
+        keys, encoded, report.encoded_left_out = _selection(
+            gs, codec, dict(rank=rank, epoch=epoch, step=step, bucket=bucket, module=module))
         if not keys:
             raise SourceError(f"{gs.path}: no key matches the selection")
+        reader = _Reader(gs, encoded, codec)
+        report.decoded = len(encoded)
+        # every variant looked up before the first file: a key without one fails the export here
+        report.lossy = any([not gs.variant_entry(k, codec).extra.get("lossless") for k in encoded])
         out.mkdir(parents=True, exist_ok=True)
         if format == "h5":
             first = out / "pack_000.h5"
@@ -92,11 +136,12 @@ def export(store, to: str | os.PathLike, *, format: str = "pt", rank=None, epoch
                 raise FileExistsError(f"{first} already exists; export into another directory")
             with h5.Pack(out, pack_size) as pack:
                 for key in keys:
-                    pack.add(key, gs[key])
+                    pack.add(key, reader.array(key))
+                    nbytes = gs.source_entry(key).nbytes
                     report.tensors += 1
-                    report.nbytes += gs.entry(key).nbytes
+                    report.nbytes += nbytes
                     if progress:
-                        progress(gs.entry(key).nbytes)
+                        progress(nbytes)
             report.files = list(pack.files)
         else:
             from . import source
@@ -109,9 +154,9 @@ def export(store, to: str | os.PathLike, *, format: str = "pt", rank=None, epoch
                                       + (f" (and {len(clash) - 1} more)" if len(clash) > 1 else "")
                                       + "; export into another directory")
             for stem, pairs in groups.items():
-                tensors = _tensors(gs, pairs)
+                tensors = reader.tensors(pairs)
                 _atomic(targets[stem], lambda p, t=tensors: mod.save(p, t))
-                nbytes = sum(gs.entry(k).nbytes for _, k in pairs)
+                nbytes = sum(gs.source_entry(k).nbytes for _, k in pairs)
                 report.files.append(targets[stem])
                 report.tensors += len(pairs)
                 report.nbytes += nbytes

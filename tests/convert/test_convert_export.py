@@ -89,3 +89,66 @@ def test_export_mistakes_are_one_line(store, tmp_path, capsys):
     assert len(err) == 3 and all(ln.startswith("gradstore export: error: ") for ln in err)
     assert "already exists" in err[0] and "no key matches" in err[1] and "no such store" in err[2]
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+EG = "eg:k=0,scale=10,sign=bit"   # coarse: really lossy on these values
+
+
+@pytest.fixture
+def encoded_store(tmp_path):
+    """Steps 0-1 held as fpx and eg variants only (no tensors), step 2 as tensors."""
+    path = tmp_path / "enc.gs"
+    with gradstore.open(path, "a") as gs:
+        for step in range(2):
+            gs.write_encoded(f"R_0_E_0_S_{step}_B_0", bucket(step, torch.bfloat16, modules=2, size=16),
+                             ["fpx", EG])
+        gs.write_bucket("R_0_E_0_S_2_B_0", bucket(2, torch.bfloat16, modules=2, size=16))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["pt", "h5"])
+def test_export_decodes_encoded_only_keys_with_a_lossless_codec_bit_exact(encoded_store, tmp_path,
+                                                                          fmt, capsys):
+    out = tmp_path / "out"
+    assert export_main([str(encoded_store), "--to", str(out), "--format", fmt, "--codec", "fpx"]) == 0
+    err = capsys.readouterr().err
+    assert "6 tensors" in err and "4 decoded from fpx variants (exact)" in err
+    back = tmp_path / "back.gs"
+    assert convert([out], back, jobs=0).ok
+    want = {f"R_0_E_0_S_{s}_B_0/{m}": to_numpy(t)
+            for s in range(3) for m, t in bucket(s, torch.bfloat16, modules=2, size=16).items()}
+    assert_same(store_contents(back), want)
+
+
+def test_export_of_lossy_variants_gives_their_decoded_values_and_says_so(encoded_store, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "out"
+    assert export_main([str(encoded_store), "--to", str(out), "--codec", EG, "--step", "0"]) == 0
+    assert "decoded from" in (err := capsys.readouterr().err) and "lossy" in err
+    loaded = torch.load(out / "R_0_E_0_S_0_B_0.pt", weights_only=True)
+    exact = bucket(0, torch.bfloat16, modules=2, size=16)
+    with gradstore.open(encoded_store) as gs:
+        for m, t in loaded.items():
+            assert t.dtype == torch.bfloat16
+            assert to_numpy(t).tobytes() == gs.variant(f"R_0_E_0_S_0_B_0/{m}", EG).tobytes()
+            assert to_numpy(t).tobytes() != to_numpy(exact[m]).tobytes()   # really the lossy values
+
+
+def test_export_without_codec_says_what_it_left_out(encoded_store, tmp_path, capsys):
+    assert export_main([str(encoded_store), "--to", str(tmp_path / "mixed")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 4 keys stored as encoded variants only were left out" in err
+    assert sorted(p.name for p in (tmp_path / "mixed").iterdir()) == ["R_0_E_0_S_2_B_0.pt"]
+    assert export_main([str(encoded_store), "--to", str(tmp_path / "only"), "--step", "0:2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stored as encoded variants only" in err[0] and "--codec" in err[0]
+    assert not (tmp_path / "only").exists() or not any((tmp_path / "only").iterdir())
+
+
+def test_export_with_a_codec_some_keys_lack_writes_nothing(encoded_store, tmp_path, capsys):
+    for spec, why in [("zstd", "no 'zstd:level=3' variant"), ("nosuch", "nosuch")]:
+        out = tmp_path / spec
+        assert export_main([str(encoded_store), "--to", str(out), "--codec", spec]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("gradstore export: error: ") and why in err[0], err
+        assert not out.exists() or not any(out.iterdir())
