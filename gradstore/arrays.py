@@ -37,3 +37,7 @@ def as_array(obj: object, *, what: str = "value") -> np.ndarray:
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     # np.ascontiguousarray would turn a 0-d array into a 1-d one.
     return arr if arr.flags.c_contiguous else arr.copy(order="C")
+
+
+def payload_view(arr: np.ndarray) -> memoryview:
+    return memoryview(arr.reshape(-1).view(np.uint8))

@@ -95,6 +95,17 @@ def test_overwrite_and_bad_arguments(tmp_path):
         assert gs.encoded_keys() == ["R_0_E_0_S_0_B_0/w"]
 
 
+def test_overwrite_refuses_to_hide_a_stored_tensor(tmp_path):
+    """Variants written over a key that holds a tensor would leave gs[key] the old tensor."""
+    with gradstore.open(tmp_path / "s.gs", "w") as gs:
+        gs.write_bucket("R_0_E_0_S_0_B_0", {"t": np.ones(4, np.float32)})
+        with pytest.raises(KeyExistsError, match="holds a tensor"):
+            gs.write_encoded("R_0_E_0_S_0_B_0", {"v": np.ones(4, np.float32),
+                                                 "t": np.zeros(4, np.float32)}, FPX, overwrite=True)
+        assert gs.encoded_keys() == [] and gs.variant_specs("R_0_E_0_S_0_B_0/t") == []
+        assert gs["R_0_E_0_S_0_B_0/t"].tolist() == [1, 1, 1, 1]
+
+
 def test_compaction_and_reopening_keep_them(stores):
     only, _, _ = stores
     with gradstore.open(only) as gs:
