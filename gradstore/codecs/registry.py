@@ -99,6 +99,20 @@ def codec_class(codec_id: str) -> type[Codec]:
     return cls
 
 
+def module_of(spec: str) -> str | None:
+    """The module that holds the codec ``spec`` names, found without importing it;
+    None if the spec is bad or names no codec (get_codec then says why)."""
+    try:
+        codec_id, _ = parse_spec(spec)
+    except CodecError:
+        return None
+    target = _BUILTIN.get(codec_id)
+    if target is None:
+        ep = _plugins().get(codec_id)
+        target = None if ep is None else ep.value
+    return None if target is None else target.partition(":")[0]
+
+
 def get_codec(spec: str | Codec) -> Codec:
     """The codec a spec string names (a Codec is returned as it is)."""
     if isinstance(spec, Codec):

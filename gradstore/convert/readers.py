@@ -71,17 +71,26 @@ def _start_method() -> str:
     return "spawn"
 
 
-def make_executor(jobs: int, preload: tuple[str, ...] = ()) -> Executor:
-    """``jobs`` reader processes (none: read in this process), with ``preload`` imported early."""
+def start_server(preload: tuple[str, ...] = ()):
+    """The multiprocessing context readers start from; with forkserver, its server is
+    started now, importing ``preload`` while this process goes on (opening the store,
+    planning).  Once running, it keeps the preload it was started with."""
     refuse_if_rerun()
-    if jobs <= 0:
-        return InlineExecutor()
     method = _start_method()
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
         from multiprocessing import forkserver
         ctx.set_forkserver_preload([worker.__name__, *preload])
-        forkserver.ensure_running()   # the imports overlap with opening the store and planning
+        forkserver.ensure_running()
+    return ctx
+
+
+def make_executor(jobs: int, preload: tuple[str, ...] = ()) -> Executor:
+    """``jobs`` reader processes (none: read in this process), with ``preload`` imported early."""
+    refuse_if_rerun()
+    if jobs <= 0:
+        return InlineExecutor()
+    ctx = start_server(preload)
     return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=worker.init,
                                initargs=(os.getpid(),))
 

@@ -106,21 +106,24 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
     A Ctrl-C raises :class:`Interrupted` (a KeyboardInterrupt) once the
     workers are stopped.
     """
-    from ..variants import codec_of
-    from .engine import Meter, Runner, chunks
-    from .measure import measure_task
     group_by = check_group_by(group_by)
     if isinstance(codecs, str):
         codecs = [codecs]
-    codec_objs = [codec_of(c) for c in codecs]
-    specs = list(dict.fromkeys(c.spec for c in codec_objs if c.spec != "raw"))
-    all_specs = ["raw"] + specs
+    from .engine import Meter, Runner, chunks, start_early
     with ExitStack() as stack:
         if isinstance(store, (str, os.PathLike)):
             from ..store import open_store
             store = stack.enter_context(open_store(store))
         # with the keys stored as encoded variants only (gradstore.encoded)
         keys = store.keys(**filters) + store.encoded_keys(**filters) if keys is None else list(keys)
+        # the workers' server imports while this process imports the codecs and plans
+        start_early(store, keys, codecs, jobs,
+                    client is not None or dask is not None or scheduler_file is not None)
+        from ..variants import codec_of
+        from .measure import measure_task
+        codec_objs = [codec_of(c) for c in codecs]
+        specs = list(dict.fromkeys(c.spec for c in codec_objs if c.spec != "raw"))
+        all_specs = ["raw"] + specs
         rf = open_results(store, results, fresh)
         stack.callback(lambda: rf.close() if rf.temporary is False else None)
         try:
@@ -128,7 +131,6 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
             pending: list[tuple[str, int, int]] = []
             done_keys: list[str] = []
             done_bytes = total_bytes = 0
-            bf16 = False   # workers then import ml_dtypes once, in the server they fork from
             for key in keys:
                 e = store.source_entry(key)
                 groups.declare(key)
@@ -138,7 +140,6 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
                     done_bytes += e.payload_len
                 else:
                     pending.append((key, e.checksum, e.payload_len))
-                    bf16 = bf16 or e.dtype == "bfloat16"
             for r in rf.read(rf.offsets(done_keys, all_specs)):
                 groups.add(r)
             del done_keys
@@ -148,8 +149,8 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
             meter = stack.enter_context(Meter("report", len(keys), total_bytes,
                                               len(keys) - len(pending), done_bytes, progress))
             # nothing left to measure: no worker processes to start (and stop) for it
-            preload = preload_of(codec_objs) + (("ml_dtypes",) if bf16 else ())
-            runner = stack.enter_context(Runner(store, jobs if pending else 1, client, preload))
+            runner = stack.enter_context(Runner(store, jobs if pending else 1, client,
+                                                preload_of(codec_objs)))
             tasks = ((specs, ks, srcs) for ks, srcs, _ in
                      chunks(pending, total_bytes - done_bytes, runner.workers))
             try:

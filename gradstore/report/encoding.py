@@ -18,9 +18,11 @@ def encode(store, spec, keys: list[str], *, jobs: int = 1, dask: str | None = No
            scheduler_file: str | None = None, client=None, progress: bool | None = None
            ) -> EncodeResult:
     """Write the ``spec`` variant of each of ``keys`` into ``store`` (open for writing)."""
-    from .engine import Meter, Runner, chunks
-    from .measure import encode_task
+    from .engine import Meter, Runner, chunks, start_early
     ns = store._check_writable()
+    start_early(store, keys, [spec], jobs,
+                client is not None or dask is not None or scheduler_file is not None)
+    from .measure import encode_task
     codec = codec_of(spec)
     result = EncodeResult(codec.spec)
     pending = []

@@ -89,6 +89,23 @@ class Meter:
             self.bar = None
 
 
+def start_early(store, keys: list[str], specs, jobs: int, remote: bool) -> None:
+    """For ``jobs`` worker processes on this machine: start the server they fork from
+    now, importing the codecs' modules (found without importing them here), so that
+    its imports overlap with this process's own and with its planning.  When the
+    first keys hold bfloat16 tensors, it imports ml_dtypes too (half a second,
+    which a float32 report would wait for in vain)."""
+    if jobs <= 1 or remote:
+        return
+    bf16 = any(store.source_entry(k).dtype == "bfloat16" for k in keys[:64])
+    from ..codecs.registry import module_of
+    from ..convert.readers import start_server
+    modules = (m for m in (module_of(s) if isinstance(s, str) else type(s).__module__
+                           for s in specs) if m)
+    start_server(("gradstore.report.measure", *dict.fromkeys(modules),
+                  *(("ml_dtypes",) if bf16 else ())))
+
+
 class Runner:
     """Runs ``fn(source, *args)`` for each argument tuple; see the module docstring.
 

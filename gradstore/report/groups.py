@@ -123,13 +123,16 @@ class Groups:
         self.specs = ["raw"] + [s for s in specs if s != "raw"]
         self.order: dict[str, None] = {}
         self.accs: dict[tuple[str, str], Acc] = {}
+        self._group: dict[str, str] = {}   # key -> its group, parsed once per key
 
     def declare(self, key: str) -> None:
         """Keys in report order: their groups' first appearance fixes the row order."""
-        self.order.setdefault(group_of(key, self.group_by), None)
+        g = self._group[key] = group_of(key, self.group_by)
+        self.order.setdefault(g, None)
 
     def add(self, r: KeyResult) -> None:
-        for g in (group_of(r.key, self.group_by), TOTAL):
+        g = self._group.get(r.key)
+        for g in (group_of(r.key, self.group_by) if g is None else g, TOTAL):
             acc = self.accs.get((g, r.codec))
             if acc is None:
                 acc = self.accs[(g, r.codec)] = Acc()

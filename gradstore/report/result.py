@@ -14,7 +14,7 @@ tensor (NaN, Inf, out of range); the size fields are then 0.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 
 @dataclass
@@ -37,7 +37,7 @@ class KeyResult:
     failed: str | None = None        # not encodable: why
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return dict(vars(self))   # every field is a scalar: no deep copy (asdict) needed
 
     @classmethod
     def from_dict(cls, d: dict) -> "KeyResult":

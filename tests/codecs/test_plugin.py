@@ -7,6 +7,7 @@ pip-installed package.
 from __future__ import annotations
 
 import importlib
+import sys
 import textwrap
 
 import numpy as np
@@ -86,6 +87,16 @@ def test_plugin_is_listed_and_usable(plugin_dir):
     assert codec.spec == "xor:key=7"
     x = np.arange(10, dtype=np.float32)
     assert np.array_equal(codec.decode(codec.encode(x).payload, x.dtype, x.shape), x)
+
+
+def test_module_of_finds_a_plugin_without_importing_it(plugin_dir, monkeypatch):
+    """The report starts its workers' server importing this module before it loads the codec."""
+    monkeypatch.delitem(sys.modules, "gs_xor_plugin", raising=False)   # imported by other tests
+    assert registry.module_of("xor:key=7") == "gs_xor_plugin"
+    assert "gs_xor_plugin" not in sys.modules
+    assert registry.module_of("broken") == "gs_xor_plugin_missing"
+    assert registry.module_of("eg:k=0") == "gradstore.codecs.eg"
+    assert registry.module_of("nosuchcodec") is None and registry.module_of("bad spec!") is None
 
 
 def test_plugin_passes_the_shared_codec_checks(plugin_dir):
