@@ -11,7 +11,7 @@ import pytest
 import gradstore
 from gradstore import report
 
-from conftest import EG, SPECS, gradstore_cli
+from report_helpers import EG, SPECS, gradstore_cli
 
 distributed = pytest.importorskip("distributed")
 
@@ -55,7 +55,7 @@ def test_dask_cli_with_address_and_scheduler_file(store, cluster, tmp_path):
 
 
 def test_dask_encode_equals_serial(store, cluster, tmp_path):
-    from conftest import write_store
+    from report_helpers import write_store
     other = write_store(tmp_path / "other.gs")
     with gradstore.open(store, "a") as a, gradstore.open(other, "a") as b:
         ra = a.encode(EG)

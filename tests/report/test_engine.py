@@ -14,7 +14,7 @@ from gradstore.report.engine import chunks
 from gradstore.report.groups import ExactSum
 from gradstore.report.results import MAGIC, ResultsFile, decode_line, default_path, encode_line
 
-from conftest import EG, MIB, SPECS, gradstore_cli
+from report_helpers import EG, MIB, SPECS, gradstore_cli
 
 
 def key_results(rep) -> list[dict]:
@@ -161,7 +161,7 @@ def test_exact_sums_do_not_depend_on_order():
 
 def test_parallel_encode_stores_what_serial_encode_stores(store, tmp_path):
     other = tmp_path / "copy.gs"
-    from conftest import write_store
+    from report_helpers import write_store
     write_store(other)
     with gradstore.open(store, "a") as a, gradstore.open(other, "a") as b:
         ra = a.encode(EG)

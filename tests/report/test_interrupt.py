@@ -20,7 +20,7 @@ from gradstore import report
 from gradstore.codecs.eg.notice import MESSAGE as COMPILING
 from gradstore.report.results import ResultsFile
 
-from conftest import SPECS
+from report_helpers import SPECS
 
 SLOW = SPECS + ["eg:k=auto,scale=1e6,remap=rank"]
 

@@ -10,7 +10,7 @@ import psutil
 
 import gradstore
 
-from conftest import EG
+from report_helpers import EG
 
 TENSOR = 1 << 20          # elements: 4 MiB fp32 tensors in both stores
 

@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib")
 from gradstore import report  # noqa: E402
 from gradstore.report import plots  # noqa: E402
 
-from conftest import SPECS, gradstore_cli  # noqa: E402
+from report_helpers import SPECS, gradstore_cli  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

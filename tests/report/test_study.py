@@ -14,7 +14,7 @@ from gradstore.report import study
 from gradstore.keys import module_type
 from gradstore.report.study.model import Counts
 
-from conftest import EG, gradstore_cli, write_store
+from report_helpers import EG, gradstore_cli, write_store
 
 CHUNK = 1000
 

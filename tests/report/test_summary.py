@@ -6,7 +6,7 @@ from gradstore.report import summary
 from gradstore.report.groups import Groups
 from gradstore.report.result import KeyResult
 
-from conftest import EG, SPECS, gradstore_cli
+from report_helpers import EG, SPECS, gradstore_cli
 
 LONG = "R_12_E_3_S_104567_B_11/model.layers.31.self_attn.rotary_emb.very_long_module_name.weight"
 
