@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,14 @@ def fast_tmp(tmp_path):
     d, cleanup = cw.scratch_dir(tmp_path)
     yield d
     cleanup()
+
+
+def pytest_configure(config):
+    """A run started in the background by a shell without job control inherits SIGINT
+    ignored, and so would every command the Ctrl-C tests start (an ignored signal
+    survives exec): give this process Python's own handler, which exec resets."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser):
