@@ -82,20 +82,22 @@ def _load(target: str, codec_id: str) -> type[Codec]:
     return cls
 
 
+def _target(codec_id: str) -> str | None:
+    """The ``module:Class`` registered under ``codec_id`` (a built-in first), or None."""
+    if codec_id in _BUILTIN:
+        return _BUILTIN[codec_id]
+    ep = _plugins().get(codec_id)
+    return None if ep is None else ep.value
+
+
 def codec_class(codec_id: str) -> type[Codec]:
     """The class registered under ``codec_id``; UnknownCodecError lists what exists."""
     if codec_id in _loaded:
         return _loaded[codec_id]
-    if codec_id in _BUILTIN:
-        cls = _load(_BUILTIN[codec_id], codec_id)
-    else:
-        plugins = _plugins()
-        if codec_id not in plugins:
-            raise UnknownCodecError(
-                f"unknown codec {codec_id!r}; available: "
-                f"{', '.join(sorted(set(_BUILTIN) | set(plugins)))}")
-        cls = _load(plugins[codec_id].value, codec_id)
-    _loaded[codec_id] = cls
+    target = _target(codec_id)
+    if target is None:
+        raise UnknownCodecError(f"unknown codec {codec_id!r}; available: {', '.join(available_codecs())}")
+    cls = _loaded[codec_id] = _load(target, codec_id)
     return cls
 
 
@@ -106,10 +108,7 @@ def module_of(spec: str) -> str | None:
         codec_id, _ = parse_spec(spec)
     except CodecError:
         return None
-    target = _BUILTIN.get(codec_id)
-    if target is None:
-        ep = _plugins().get(codec_id)
-        target = None if ep is None else ep.value
+    target = _target(codec_id)
     return None if target is None else target.partition(":")[0]
 
 

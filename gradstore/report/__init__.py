@@ -87,11 +87,6 @@ def open_results(store, results, fresh: bool, warn=_warn) -> ResultsFile:
         return ResultsFile.temporary()
 
 
-def preload_of(codecs) -> tuple[str, ...]:
-    """The codecs' modules, for worker processes to import before they start (once)."""
-    return tuple(dict.fromkeys(type(c).__module__ for c in codecs))
-
-
 def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: int = 1,
         dask: str | None = None, scheduler_file: str | None = None, client=None,
         results: str | os.PathLike | bool | None = None, fresh: bool = False,
@@ -149,8 +144,7 @@ def run(store, codecs=(), keys: list[str] | None = None, group_by=(), *, jobs: i
             meter = stack.enter_context(Meter("report", len(keys), total_bytes,
                                               len(keys) - len(pending), done_bytes, progress))
             # nothing left to measure: no worker processes to start (and stop) for it
-            runner = stack.enter_context(Runner(store, jobs if pending else 1, client,
-                                                preload_of(codec_objs)))
+            runner = stack.enter_context(Runner(store, jobs if pending else 1, client))
             tasks = ((specs, ks, srcs) for ks, srcs, _ in
                      chunks(pending, total_bytes - done_bytes, runner.workers))
             try:

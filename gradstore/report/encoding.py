@@ -42,8 +42,7 @@ def encode(store, spec, keys: list[str], *, jobs: int = 1, dask: str | None = No
             client = stack.enter_context(connect(dask, scheduler_file))
         meter = stack.enter_context(Meter("encode", len(keys), total, len(result.skipped),
                                           done_bytes, progress))
-        from . import preload_of
-        runner = stack.enter_context(Runner(store, jobs, client, preload_of([codec])))
+        runner = stack.enter_context(Runner(store, jobs, client))
         tasks = ((codec.spec, ks, srcs) for ks, srcs, _ in
                  chunks(pending, total - done_bytes, runner.workers))
         for (_, ks, _), out in runner.imap(encode_task, tasks):

@@ -24,6 +24,7 @@ TASK_BYTES = 64 << 20      # raw bytes per task, at most
 TASK_KEYS = 256            # keys per task, at most
 MIN_TASK_BYTES = 1 << 20
 PER_WORKER = 2             # tasks in flight per worker
+WORKER_MODULE = "gradstore.report.measure"   # what workers run: imported before they start
 
 
 def chunks(items: Iterable[tuple[str, int, int]], total: int, workers: int,
@@ -102,7 +103,7 @@ def start_early(store, keys: list[str], specs, jobs: int, remote: bool) -> None:
     from ..convert.readers import start_server
     modules = (m for m in (module_of(s) if isinstance(s, str) else type(s).__module__
                            for s in specs) if m)
-    start_server(("gradstore.report.measure", *dict.fromkeys(modules),
+    start_server((WORKER_MODULE, *dict.fromkeys(modules),
                   *(("ml_dtypes",) if bf16 else ())))
 
 
@@ -126,7 +127,8 @@ class Runner:
     def __enter__(self) -> "Runner":
         if self.client is None and self.jobs > 1:
             from ..convert.readers import make_executor
-            self._executor = make_executor(self.jobs, ("gradstore.report.measure", *self.preload))
+            # (no effect on the server they fork from if start_early started it)
+            self._executor = make_executor(self.jobs, (WORKER_MODULE, *self.preload))
             self._launch()
         return self
 
