@@ -19,6 +19,7 @@ from .errors import FormatError, LockedError, WriteError
 from .index import Entry, Index
 from .log import (LogFollower, LogWriter, SNAPSHOT, create_log, list_logs, log_name,
                   read_snapshot, write_snapshot)
+from .direct import DirectSegmentWriter
 from .fileio import fsync_dir
 from .segment import SegmentMaps, SegmentWriter, list_segments, segment_name
 
@@ -63,6 +64,7 @@ class Namespace:
         self.writers: dict[int, SegmentWriter] = {}
         self.log: LogWriter | None = None
         self.lost: list[Entry] = []   # set by rebuild()
+        self.direct = False           # the segment writers use direct I/O (gradstore.direct)
 
     @property
     def writable(self) -> bool:
@@ -156,8 +158,10 @@ class Namespace:
         os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
         self.lock_fd = fd
 
-    def open_write(self, segment_size: int, fsync: bool, truncate: bool = False) -> None:
+    def open_write(self, segment_size: int, fsync: bool, truncate: bool = False,
+                   direct: bool = False) -> None:
         """Take the lock, recover to the last committed record, get ready to append."""
+        self.direct = direct
         self._lock()
         try:
             if truncate:
@@ -199,7 +203,8 @@ class Namespace:
             for seq in segs:
                 if last is None or seq > last:
                     (self.dir / segment_name(stream, seq)).unlink()
-            writer = SegmentWriter(self.dir, stream, segment_size, fsync)
+            writer = (DirectSegmentWriter if self.direct else SegmentWriter)(
+                self.dir, stream, segment_size, fsync)
             if last is not None and last in segs:
                 writer.resume(last, mine[last])
             else:
@@ -348,6 +353,8 @@ class Namespace:
         Returns (bytes before, bytes after). Each copied record is committed
         with a new log entry, so readers following the log see the move.
         """
+        for w in self.writers.values():
+            w.trim()   # direct I/O's padding is no garbage to reclaim
         before = self.disk_bytes()
         live = sorted(self.index.entries(), key=lambda e: (e.stream, e.seq, e.offset))
         live_bytes = sum(e.end - e.offset for e in live)

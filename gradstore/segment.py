@@ -47,7 +47,7 @@ class SegmentWriter(FileHandle):
     def resume(self, seq: int, size: int) -> None:
         """Continue appending to segment ``seq`` whose valid bytes end at ``size``."""
         self.close()
-        self.fd = os.open(self.dir / segment_name(self.stream, seq), os.O_RDWR)
+        self.fd = self._open(self.dir / segment_name(self.stream, seq), os.O_RDWR)
         self.seq = seq
         self.rollback(size)
 
@@ -56,11 +56,17 @@ class SegmentWriter(FileHandle):
         os.ftruncate(self.fd, size)
         self.size = size
 
+    def _open(self, path: Path, flags: int) -> int:
+        return os.open(path, flags, 0o644)
+
+    def _write_header(self, fd: int, header: bytes) -> None:
+        write_all(fd, [header], 0)
+
     def _start(self, seq: int) -> None:
         path = self.dir / segment_name(self.stream, seq)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = self._open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         try:
-            write_all(fd, [fmt.pack_segment_header(self.stream, seq, time.time_ns())], 0)
+            self._write_header(fd, fmt.pack_segment_header(self.stream, seq, time.time_ns()))
             if self.fsync:
                 os.fsync(fd)
                 fsync_dir(self.dir)
@@ -69,11 +75,28 @@ class SegmentWriter(FileHandle):
             path.unlink(missing_ok=True)
             raise
         if self.fd is not None:
+            self.trim()
             if self.fsync or self.dirty:
                 os.fsync(self.fd)
             os.close(self.fd)
         self.fd, self.seq, self.size = fd, seq, fmt.SEG_HEADER_SIZE
         self.dirty = False
+
+    def trim(self) -> None:
+        """Cut the file right after its last record: direct writes pad it to a
+        whole block, which is no record but no use either once writing stops."""
+        if self.fd is not None and os.fstat(self.fd).st_size > self.size:
+            os.ftruncate(self.fd, self.size)
+
+    def sync(self) -> None:
+        self.trim()
+        super().sync()
+
+    def close(self) -> None:
+        try:
+            self.trim()
+        finally:
+            super().close()
 
     def _reserve(self, total: int) -> int:
         """Offset for a record of ``total`` bytes, rolling over to a new segment if due."""
@@ -105,7 +128,8 @@ class SegmentWriter(FileHandle):
         zeroed headers, in pieces that another thread hashes just ahead of
         the writer, and the headers are filled in once the checksums are known;
         until then those bytes are no record, so a crash in between leaves a
-        torn tail that recovery drops.
+        torn tail that recovery drops.  (gradstore.direct writes them past
+        the page cache instead.)
         """
         hlens = [fmt.record_header_len(mb) for mb, _ in items]
         totals = [fmt.align(h + len(p)) for h, (_, p) in zip(hlens, items)]
@@ -119,20 +143,27 @@ class SegmentWriter(FileHandle):
         starts = list(accumulate(totals[:k - 1], initial=offset))  # of each record
         places = [fmt.Place(n + i, self.seq, pos, run_index + i, run_len) for i, pos in enumerate(starts)]
         try:
-            if checks is None and sum(len(p) for p in payloads) >= hashrun.PARALLEL_HASH:
-                checks = hashrun.write_hashed(self.fd, offset, hlens, payloads, pads)
-                for header, pos in zip(self._headers(kind, items, checks, places), starts):
-                    pwrite_views(self.fd, [header], len(header), pos)
-            else:
-                checks = [fmt.xxh3(p) for p in payloads] if checks is None else checks[:k]
-                headers = self._headers(kind, items, checks, places)
-                pwrite_views(self.fd, [b for hp in zip(headers, payloads, pads) for b in hp], end - offset, offset)
+            checks = self._write_run(kind, items[:k], offset, hlens[:k], payloads, pads, places, checks)
         except BaseException:
             # A failed write (disk full, signal) must not leave half a record.
             self.rollback(offset)
             raise
         self._commit(offset, end - offset)
         return [(self.seq, pos, h, check) for pos, h, check in zip(starts, hlens, checks)]
+
+    def _write_run(self, kind: int, items, offset: int, hlens: list[int], payloads: list, pads: list,
+                   places: list[fmt.Place], checks: list[int] | None) -> list[int]:
+        """Write the records laid out by append_run at ``offset``; their payload checksums."""
+        end = offset + sum(h + len(p) + len(z) for h, p, z in zip(hlens, payloads, pads))
+        if checks is None and sum(len(p) for p in payloads) >= hashrun.PARALLEL_HASH:
+            checks = hashrun.write_hashed(self.fd, offset, hlens, payloads, pads)
+            for header, place in zip(self._headers(kind, items, checks, places), places):
+                pwrite_views(self.fd, [header], len(header), place.offset)
+            return checks
+        checks = [fmt.xxh3(p) for p in payloads] if checks is None else checks[:len(items)]
+        headers = self._headers(kind, items, checks, places)
+        pwrite_views(self.fd, [b for hp in zip(headers, payloads, pads) for b in hp], end - offset, offset)
+        return checks
 
     @staticmethod
     def _headers(kind: int, items, checks: list[int], places: list[fmt.Place]) -> list[bytes]:

@@ -37,7 +37,7 @@ class Store(Reading, Studying):
     """A gradstore directory opened for reading ("r") or writing ("a", "w", "x")."""
 
     def __init__(self, path: str | os.PathLike, mode: str = "r", *, rank: int | None = None,
-                 segment_size: int | str | None = None, fsync: bool = False):
+                 segment_size: int | str | None = None, fsync: bool = False, direct_io: bool = False):
         if mode not in ("r", "a", "w", "x"):
             raise ValueError(f"mode must be 'r', 'a', 'w' or 'x', not {mode!r}")
         if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
@@ -58,7 +58,7 @@ class Store(Reading, Studying):
                 if mode == "w" and rank is None:
                     self._truncate_all()
                 ns = Namespace(self.path, name)
-                ns.open_write(self.segment_size, fsync, truncate=(mode == "w"))
+                ns.open_write(self.segment_size, fsync, truncate=(mode == "w"), direct=direct_io)
                 self._writer = ns
                 self._namespaces[name] = ns
             self._discover()
@@ -242,9 +242,16 @@ class Store(Reading, Studying):
 
 
 def open_store(path: str | os.PathLike, mode: str = "r", *, rank: int | None = None,
-               segment_size: int | str | None = None, fsync: bool = False) -> Store:
-    """Open a store: "r" read (default), "a" read/write/create, "w" truncate, "x" create new."""
-    return Store(path, mode, rank=rank, segment_size=segment_size, fsync=fsync)
+               segment_size: int | str | None = None, fsync: bool = False,
+               direct_io: bool = False) -> Store:
+    """Open a store: "r" read (default), "a" read/write/create, "w" truncate, "x" create new.
+
+    ``direct_io``: a writer appends its records with O_DIRECT, past the page
+    cache (gradstore.direct): for bulk writers such as gradient capture, where
+    filling the page cache costs CPU time that training needs.  Buffered
+    writes where the file system refuses it.
+    """
+    return Store(path, mode, rank=rank, segment_size=segment_size, fsync=fsync, direct_io=direct_io)
 
 
 # A read-only mapping of key -> array, as h5py and zarr users expect.  Registered,

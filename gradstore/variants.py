@@ -107,8 +107,14 @@ class EncodeResult:
                 f"{len(self.failed)} not encodable")
 
 
-def encode_into(store, spec, keys, progress: bool | None = None) -> EncodeResult:
-    """Write the ``spec`` variant of each key into ``store``'s writer namespace."""
+def encode_into(store, spec, keys, progress: bool | None = None, arrays: dict | None = None
+                ) -> EncodeResult:
+    """Write the ``spec`` variant of each key into ``store``'s writer namespace.
+
+    ``arrays``: {key: the array stored under it} when the caller holds them
+    already (capture: written a moment ago, with direct I/O not in the page
+    cache), so that they are not read back.
+    """
     from .progress import bar
     ns = store._check_writable()
     codec = codec_of(spec)
@@ -120,7 +126,7 @@ def encode_into(store, spec, keys, progress: bool | None = None) -> EncodeResult
             result.skipped.append(key)
             continue
         try:
-            t = trial(codec, store[key])
+            t = trial(codec, store[key] if arrays is None else arrays[key])
         except NotEncodableError as exc:
             result.failed[key] = str(exc)
             continue

@@ -17,6 +17,9 @@ A plan is a JSON-able dict:
     hash_piece                if set, every run is written the large-run way (zeroed headers,
                               payloads in pieces of this size hashed by the hash thread,
                               then the headers): hashrun.HASH_PIECE, PARALLEL_HASH = 1
+    direct_io                 open with direct_io=True (gradstore.direct: O_DIRECT writes)
+    direct_stage              if set, overrides direct.STAGE (bytes per direct write), so a run
+                              is written in several pieces
     kill_after                SIGKILL right after this many ops have been committed
     fault                     {"fn", "where", "not_where", "n", "how", "killed_at"}: the n-th
                               call of os.<fn> (or of any of "fn1|fn2") made with every function
@@ -31,6 +34,7 @@ Run as ``python tests/crash_writer.py PLAN.json``, or call ``run(plan)`` in a fo
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -278,6 +282,9 @@ class Hooks:
             raise ValueError(f"a {how!r} fault needs writev, pwritev or pwrite, not {fn}")
         cut = {"one": 1, "half": len(data) // 2, "allbut1": len(data) - 1}[how]
         cut = max(0, min(cut, len(data) - 1))
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & getattr(os, "O_DIRECT", 0):  # a prefix of any length: write it buffered
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
         if fn == "writev":
             os.write(fd, data[:cut])
         else:
@@ -307,6 +314,9 @@ def run(plan: dict) -> None:
     if plan.get("hash_piece") is not None:
         from gradstore import hashrun
         hashrun.HASH_PIECE, hashrun.PARALLEL_HASH = plan["hash_piece"], 1
+    if plan.get("direct_stage") is not None:
+        from gradstore import direct
+        direct.STAGE = plan["direct_stage"]
     ops = plan.get("ops") or make_ops(plan["seed"], plan["n_ops"], plan.get("rank"))
     kill_after = plan.get("kill_after")
     hooks = Hooks(plan)
@@ -318,7 +328,8 @@ def run(plan: dict) -> None:
             kind = op[0]
             if kind == "open":
                 gs = gradstore.open(plan["store"], "a", rank=plan.get("rank"),
-                                    segment_size=plan.get("segment_size"), fsync=op[1]["fsync"])
+                                    segment_size=plan.get("segment_size"), fsync=op[1]["fsync"],
+                                    direct_io=plan.get("direct_io", False))
             elif kind == "close":
                 gs.close()
                 gs = None

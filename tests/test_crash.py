@@ -264,7 +264,12 @@ def test_sigkill_at_a_random_moment(fast_tmp, seed):
     plan = base_plan(fast_tmp, seed=200 + seed, n_ops=5000)
     if seed % 2:
         plan["checkpoint_every"] = None  # the library's own rotation schedule
-    plan_path = fast_tmp / "plan.json"
+    kill_at_random(plan, fast_tmp / "plan.json", delay)
+
+
+def kill_at_random(plan: dict, plan_path: Path, delay: float) -> None:
+    """Run the plan's writer as a script, SIGKILL it ``delay`` s after its third
+    op returned, and check the store."""
     plan_path.write_text(json.dumps(plan))
     env = dict(os.environ, PYTHONPATH=str(Path(gradstore.__file__).parent.parent))
     proc = subprocess.Popen([sys.executable, str(HERE / "crash_writer.py"), str(plan_path)],
@@ -282,7 +287,7 @@ def test_sigkill_at_a_random_moment(fast_tmp, seed):
     assert proc.returncode == -signal.SIGKILL
     committed, inflight = expectation(plan)
     assert len(committed) > 0
-    check_recovery(plan["store"], committed, inflight, None, f"{delay * 1000:.0f} ms in")
+    check_recovery(plan["store"], committed, inflight, plan.get("rank"), f"{delay * 1000:.0f} ms in")
 
 
 # -- a second crash during recovery, and crashes during a rebuild ------------------------

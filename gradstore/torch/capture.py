@@ -105,6 +105,10 @@ class GradientCapture:
     counted in ``stats.dropped``). ``raw=False`` stores only the ``codecs``
     variants, not the tensors (``Store.write_encoded``: a tensor no codec
     can represent is stored as a tensor, and counted in ``stats.not_encodable``).
+    ``direct_io`` (default True): the store's segments are written with
+    O_DIRECT, past the page cache, whose fresh pages can cost the training
+    step more CPU time than the copy itself (gradstore.direct); False writes
+    through the page cache.  It applies to a store opened from ``path``.
     """
 
     def __init__(self, path, *, rank: int | None = None, every: int = 1,
@@ -112,7 +116,7 @@ class GradientCapture:
                  modules: str | Iterable[str] | None = None, when: str = "before",
                  codecs: str | Iterable[str] | None = None, max_pending: int = 4,
                  on_full: str = "block", auto_step: bool = True, raw: bool = True,
-                 segment_size: int | str | None = None, fsync: bool = False):
+                 segment_size: int | str | None = None, fsync: bool = False, direct_io: bool = True):
         if when not in WHEN:
             raise ValueError(f"when must be 'before' or 'after', not {when!r}")
         if on_full not in ON_FULL:
@@ -159,8 +163,8 @@ class GradientCapture:
             if hasattr(path, "write_bucket"):
                 self.store = path
             else:
-                self.store = open_store(os.fspath(path), "a", rank=rank,
-                                        segment_size=segment_size, fsync=fsync)
+                self.store = open_store(os.fspath(path), "a", rank=rank, segment_size=segment_size,
+                                        fsync=fsync, direct_io=direct_io)
                 self._owns_store = True
             self._writer = BucketWriter(self.store, self._pool, self.codecs, raw=self.raw)
         _OPEN.add(self)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..store import Store
+from ..variants import encode_into
 from .buffers import HostBufferPool
 from .convert import tensor_to_numpy
 
@@ -96,7 +98,10 @@ class BucketWriter:
         self.stats.tensors += len(tensors)
         self.stats.bytes += item.nbytes
         if self.raw and self.codecs:
-            keys = [f"{item.name}/{module}" for module in tensors]
+            arrays = {f"{item.name}/{module}": a for module, a in tensors.items()}
             for spec in self.codecs:
-                result = self.store.encode(spec, keys=keys, progress=False)
+                if isinstance(self.store, Store):   # from the host buffer, not read back
+                    result = encode_into(self.store, spec, list(arrays), progress=False, arrays=arrays)
+                else:
+                    result = self.store.encode(spec, keys=list(arrays), progress=False)
                 self.stats.not_encodable.update(result.failed)

@@ -128,6 +128,8 @@ def scenarios(rank: int, world_size: int, root: str) -> None:
         "fail": train(rank, f"{root}/fail.gs", fail_at=2, slow=0.05),
         "encoded": train(rank, f"{root}/encoded.gs", capture_kwargs=dict(
             codecs=["eg:k=auto,scale=1e6", "fpx"], raw=False)),
+        "variants": train(rank, f"{root}/variants.gs", capture_kwargs=dict(
+            codecs=["eg:k=auto,scale=1e6", "fpx"])),
     }
     dist.barrier()
     torch.save(out, f"{root}/rank{rank}.pt")

@@ -151,6 +151,31 @@ def test_variants_only_capture(run):
         assert rec["encoded"]["stats"]["tensors"] == len(keys) // WORLD
 
 
+def test_tensors_and_their_variants_captured_together(run):
+    """codecs with raw=True: each tensor, and its variants encoded from the host
+    buffer (not read back), recorded as variants of that very tensor."""
+    from gradstore.codecs.registry import get_codec
+    codec, fpx = get_codec("eg:k=auto,scale=1e6"), get_codec("fpx")
+    root, records = run
+    got = stored(root / "variants.gs")
+    expected = {(rank, step, name): g.numpy() for rank, rec in enumerate(records)
+                for step, grads in enumerate(rec["variants"]["ref"]) for name, g in grads.items()}
+    assert len(got) == len(expected)
+    with gradstore.open(root / "variants.gs") as gs:
+        for key, arr in got.items():
+            k = gradstore.Key.parse(key)
+            want = expected[(k.rank, k.step, k.module)]
+            np.testing.assert_array_equal(arr, want, err_msg=key)
+            assert gs.variant_specs(key) == sorted([codec.spec, fpx.spec])
+            for spec in (codec.spec, fpx.spec):
+                assert gs.variant_entry(key, spec).extra["src"] == gs.entry(key).checksum
+            assert gs.variant(key, "fpx", verify=True).tobytes() == want.tobytes(), key
+            again = codec.decode(codec.encode(want).payload, want.dtype, want.shape)
+            assert gs.variant(key, codec.spec, verify=True).tobytes() == again.tobytes(), key
+    for rec in records:
+        assert rec["variants"]["stats"]["not_encodable"] == 0
+
+
 @pytest.mark.parametrize("codecs", [None, ["raw"], ["raw", "fpx"]])
 def test_variants_only_capture_needs_codecs_other_than_raw(tmp_path, codecs):
     """Refused when made, as Store.write_encoded would refuse them later, in the writer thread."""
