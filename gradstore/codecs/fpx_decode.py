@@ -41,139 +41,86 @@ def _read_tables(buf, p, end, dec):
     return 0 if p == end else E_TABLE
 
 
+@njit(inline="always")
+def _raw(buf, q, nb):
+    """The ``nb`` raw bytes of a value at buf[q], little-endian."""
+    if nb == 3:
+        return np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) \
+            | (np.int64(buf[np.uint64(q + 2)]) << 16)
+    r = np.int64(buf[np.uint64(q)])
+    for b in range(1, nb):
+        r |= np.int64(buf[np.uint64(q + b)]) << (8 * b)
+    return r
+
+
+@njit(inline="always")
+def _step(buf, dec, out, i, x, k, p, q):
+    """Decode the value at ``i`` with state ``x`` in context ``k``, reading the
+    rANS stream at buf[p] and the raw bytes at buf[q]; (x, k, p, q) after it.
+
+    No bounds checks and no branches: the caller makes sure that a word and
+    one value's raw bytes can be read (a value that takes neither reads them
+    all the same), and each choice is a select, since whether a state needs
+    a word, and on sparse data whether a value is a zero, follows no pattern
+    a branch predictor can learn.
+    """
+    W = lane_bits(out)
+    nb = (W - T) // 8
+    shift = W - 1 - T
+    low = (np.int64(1) << shift) - 1
+    e = dec[np.uint64(k + (x & ((np.int64(1) << SCALE) - 1)))]
+    x = (e >> 32) * (x >> SCALE) + ((e >> 16) & 0xFFFF)
+    w = np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
+    renorm = x < RANS_L
+    x = ((x << 16) | w) if renorm else x
+    p += 2 if renorm else 0
+    s = e & 0xFFFF
+    r = _raw(buf, q, nb)
+    zero = s >= ZERO
+    out[np.uint64(i)] = ((s - ZERO) << (W - 1)) if zero else (((r >> shift) << (W - 1)) | (s << shift) | (r & low))
+    q += 0 if zero else nb
+    k = (np.int64(1) << SCALE) if zero else np.int64(0)
+    return x, k, p, q
+
+
 @njit(cache=True, nogil=True)
 def _chunk(buf, p, end, q_end, dec, out, lo, m):
     """Decode one chunk: the NS states, then the symbols from buf[p:end], each non-zero
     value's raw bytes from buf[end:q_end]; 0 or a negative error code.
 
-    The step is written out per state: numba leaves tuple-returning helpers slow here.
+    Groups of NS values, one per state, go unchecked (``_step``) while the
+    streams hold what a group can take at most; the last values are decoded
+    one by one with every read checked.
     """
     W = lane_bits(out)
-    scale = SCALE
-    M = np.int64(1) << scale
-    mask = M - 1
+    M = np.int64(1) << SCALE
     nb = (W - T) // 8
     shift = W - 1 - T
     low = (np.int64(1) << shift) - 1
     x = np.empty(NS, dtype=np.int64)
     for j in range(NS):
-        x[j] = np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8) | (np.int64(buf[np.uint64(p + 2)]) << 16) \
-            | (np.int64(buf[np.uint64(p + 3)]) << 24)
+        x[j] = np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8) \
+            | (np.int64(buf[np.uint64(p + 2)]) << 16) | (np.int64(buf[np.uint64(p + 3)]) << 24)
         p += 4
     x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
     k0 = k1 = k2 = k3 = np.int64(0)
     q = end
     i = lo
     m += lo
-    while i + 4 <= m:
-        e = dec[np.uint64(k0 + (x0 & mask))]
-        x0 = (e >> 32) * (x0 >> scale) + ((e >> 16) & 0xFFFF)
-        if x0 < RANS_L:
-            if p + 2 > end:
-                return E_RANS
-            x0 = (x0 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
-            p += 2
-        s = e & 0xFFFF
-        if s >= ZERO:
-            out[np.uint64(i)] = (s - ZERO) << (W - 1)
-            k0 = M
-        else:
-            k0 = 0
-            if q + nb > q_end:
-                return E_RAW
-            if nb == 3:
-                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
-            elif nb == 1:
-                r = np.int64(buf[np.uint64(q)])
-            else:
-                r = np.int64(buf[np.uint64(q)])
-                for b in range(1, nb):
-                    r |= np.int64(buf[q + b]) << (8 * b)
-            q += nb
-            out[np.uint64(i)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
-        e = dec[np.uint64(k1 + (x1 & mask))]
-        x1 = (e >> 32) * (x1 >> scale) + ((e >> 16) & 0xFFFF)
-        if x1 < RANS_L:
-            if p + 2 > end:
-                return E_RANS
-            x1 = (x1 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
-            p += 2
-        s = e & 0xFFFF
-        if s >= ZERO:
-            out[np.uint64(i + 1)] = (s - ZERO) << (W - 1)
-            k1 = M
-        else:
-            k1 = 0
-            if q + nb > q_end:
-                return E_RAW
-            if nb == 3:
-                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
-            elif nb == 1:
-                r = np.int64(buf[np.uint64(q)])
-            else:
-                r = np.int64(buf[np.uint64(q)])
-                for b in range(1, nb):
-                    r |= np.int64(buf[q + b]) << (8 * b)
-            q += nb
-            out[np.uint64(i + 1)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
-        e = dec[np.uint64(k2 + (x2 & mask))]
-        x2 = (e >> 32) * (x2 >> scale) + ((e >> 16) & 0xFFFF)
-        if x2 < RANS_L:
-            if p + 2 > end:
-                return E_RANS
-            x2 = (x2 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
-            p += 2
-        s = e & 0xFFFF
-        if s >= ZERO:
-            out[np.uint64(i + 2)] = (s - ZERO) << (W - 1)
-            k2 = M
-        else:
-            k2 = 0
-            if q + nb > q_end:
-                return E_RAW
-            if nb == 3:
-                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
-            elif nb == 1:
-                r = np.int64(buf[np.uint64(q)])
-            else:
-                r = np.int64(buf[np.uint64(q)])
-                for b in range(1, nb):
-                    r |= np.int64(buf[q + b]) << (8 * b)
-            q += nb
-            out[np.uint64(i + 2)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
-        e = dec[np.uint64(k3 + (x3 & mask))]
-        x3 = (e >> 32) * (x3 >> scale) + ((e >> 16) & 0xFFFF)
-        if x3 < RANS_L:
-            if p + 2 > end:
-                return E_RANS
-            x3 = (x3 << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
-            p += 2
-        s = e & 0xFFFF
-        if s >= ZERO:
-            out[np.uint64(i + 3)] = (s - ZERO) << (W - 1)
-            k3 = M
-        else:
-            k3 = 0
-            if q + nb > q_end:
-                return E_RAW
-            if nb == 3:
-                r = np.int64(buf[np.uint64(q)]) | (np.int64(buf[np.uint64(q + 1)]) << 8) | (np.int64(buf[np.uint64(q + 2)]) << 16)
-            elif nb == 1:
-                r = np.int64(buf[np.uint64(q)])
-            else:
-                r = np.int64(buf[np.uint64(q)])
-                for b in range(1, nb):
-                    r |= np.int64(buf[q + b]) << (8 * b)
-            q += nb
-            out[np.uint64(i + 3)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
-        i += 4
-    # The last m % 4 values, state by state (rare: no need to unroll).
+    while i + NS <= m and p + 2 * NS <= end and q + NS * nb <= q_end:
+        x0, k0, p, q = _step(buf, dec, out, i, x0, k0, p, q)
+        x1, k1, p, q = _step(buf, dec, out, i + 1, x1, k1, p, q)
+        x2, k2, p, q = _step(buf, dec, out, i + 2, x2, k2, p, q)
+        x3, k3, p, q = _step(buf, dec, out, i + 3, x3, k3, p, q)
+        i += NS
+    # The rest, value by value (i is a multiple of NS past lo: value t has state t % NS).
     x[0], x[1], x[2], x[3] = x0, x1, x2, x3
     ks = np.empty(NS, dtype=np.int64)
     ks[0], ks[1], ks[2], ks[3] = k0, k1, k2, k3
-    for j in range(m - i):
-        e = dec[np.uint64(ks[j] + (x[j] & mask))]
-        xj = (e >> 32) * (x[j] >> scale) + ((e >> 16) & 0xFFFF)
+    for t in range(i, m):
+        j = (t - lo) % NS
+        e = dec[np.uint64(ks[j] + (x[j] & (M - 1)))]
+        xj = (e >> 32) * (x[j] >> SCALE) + ((e >> 16) & 0xFFFF)
         if xj < RANS_L:
             if p + 2 > end:
                 return E_RANS
@@ -182,15 +129,15 @@ def _chunk(buf, p, end, q_end, dec, out, lo, m):
         x[j] = xj
         s = e & 0xFFFF
         if s >= ZERO:
-            out[np.uint64(i + j)] = (s - ZERO) << (W - 1)
+            out[np.uint64(t)] = (s - ZERO) << (W - 1)
+            ks[j] = M
         else:
+            ks[j] = 0
             if q + nb > q_end:
                 return E_RAW
-            r = np.int64(buf[np.uint64(q)])
-            for b in range(1, nb):
-                r |= np.int64(buf[q + b]) << (8 * b)
+            r = _raw(buf, q, nb)
             q += nb
-            out[np.uint64(i + j)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
+            out[np.uint64(t)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
     for j in range(NS):
         if x[j] != RANS_L:
             return E_RANS

@@ -89,64 +89,46 @@ def _put_tables(freq, out, p, enc):
     return p
 
 
+@njit(inline="always")
+def _put(enc, words, row, x, w):
+    """Encode the symbol of table row ``row`` into state ``x``, writing the word
+    due, if any, at words[w - 1]; (x, w) after it.
+
+    No branch: words[w - 1] is written either way (a word not due is
+    overwritten later), and w moves only when it is due.  Whether a word is
+    due follows no pattern a branch predictor can learn.  words[w - 1] is
+    always in bounds: a symbol carries at most SCALE < 16 bits, so the words
+    of a chunk and the final states fill at most 3/4 of its chunk + 4 slots.
+    """
+    words[np.uint64(w - 1)] = x & np.uint64(0xFFFF)
+    due = x >= enc[row, 0]
+    w -= 1 if due else 0
+    x = (x >> np.uint64(16)) if due else x
+    x = x + enc[row, 4] + (((x * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+    return x, w
+
+
 @njit(cache=True, nogil=True)
 def _rans(sym, m, enc, words):
-    """rANS-encode sym[:m] backwards, state i % NS for position i; returns the first word.
-
-    The step is written out per state: numba leaves tuple-returning helpers slow here.
-    """
+    """rANS-encode sym[:m] backwards, state i % NS for position i; returns the first word."""
     x0 = x1 = x2 = x3 = np.uint64(RANS_L)
     w = words.shape[0]
     i = m - 1
     while i >= 0 and (i & 3) != 3:  # the last, incomplete group
+        row = np.uint64(sym[np.uint64(i)])
         j = i & 3
         if j == 0:
-            row = np.uint64(sym[np.uint64(i)])
-            if x0 >= enc[row, 0]:
-                w -= 1
-                words[np.uint64(w)] = x0 & np.uint64(0xFFFF)
-                x0 >>= np.uint64(16)
-            x0 = x0 + enc[row, 4] + (((x0 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+            x0, w = _put(enc, words, row, x0, w)
         elif j == 1:
-            row = np.uint64(sym[np.uint64(i)])
-            if x1 >= enc[row, 0]:
-                w -= 1
-                words[np.uint64(w)] = x1 & np.uint64(0xFFFF)
-                x1 >>= np.uint64(16)
-            x1 = x1 + enc[row, 4] + (((x1 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+            x1, w = _put(enc, words, row, x1, w)
         else:
-            row = np.uint64(sym[np.uint64(i)])
-            if x2 >= enc[row, 0]:
-                w -= 1
-                words[np.uint64(w)] = x2 & np.uint64(0xFFFF)
-                x2 >>= np.uint64(16)
-            x2 = x2 + enc[row, 4] + (((x2 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+            x2, w = _put(enc, words, row, x2, w)
         i -= 1
     while i > 0:
-        row = np.uint64(sym[np.uint64(i)])
-        if x3 >= enc[row, 0]:
-            w -= 1
-            words[np.uint64(w)] = x3 & np.uint64(0xFFFF)
-            x3 >>= np.uint64(16)
-        x3 = x3 + enc[row, 4] + (((x3 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
-        row = np.uint64(sym[np.uint64(i - 1)])
-        if x2 >= enc[row, 0]:
-            w -= 1
-            words[np.uint64(w)] = x2 & np.uint64(0xFFFF)
-            x2 >>= np.uint64(16)
-        x2 = x2 + enc[row, 4] + (((x2 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
-        row = np.uint64(sym[np.uint64(i - 2)])
-        if x1 >= enc[row, 0]:
-            w -= 1
-            words[np.uint64(w)] = x1 & np.uint64(0xFFFF)
-            x1 >>= np.uint64(16)
-        x1 = x1 + enc[row, 4] + (((x1 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
-        row = np.uint64(sym[np.uint64(i - 3)])
-        if x0 >= enc[row, 0]:
-            w -= 1
-            words[np.uint64(w)] = x0 & np.uint64(0xFFFF)
-            x0 >>= np.uint64(16)
-        x0 = x0 + enc[row, 4] + (((x0 * enc[row, 1]) >> np.uint64(32)) >> enc[row, 2]) * enc[row, 3]
+        x3, w = _put(enc, words, np.uint64(sym[np.uint64(i)]), x3, w)
+        x2, w = _put(enc, words, np.uint64(sym[np.uint64(i - 1)]), x2, w)
+        x1, w = _put(enc, words, np.uint64(sym[np.uint64(i - 2)]), x1, w)
+        x0, w = _put(enc, words, np.uint64(sym[np.uint64(i - 3)]), x0, w)
         i -= 4
     for x in (x3, x2, x1, x0):      # x0 ends up first: the decoder reads it first
         w -= 1
