@@ -227,3 +227,17 @@ def test_embedding_like_sparse_rows(dtype):
     x[rows] = rng.laplace(size=(rows.sum(), 64)) * 1e-4
     check_roundtrip(get_codec("fpx"), x.astype(dtype))
     check_roundtrip(get_codec(SMALL), x.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("chunk", [4097, 4099, 5000])
+def test_chunks_not_a_multiple_of_four(dtype, chunk):
+    """Chunks of odd lengths: each chunk's states restart at its own first value,
+    and the decoder's unchecked groups of four end at a different place in
+    every chunk, the rest decoded one by one.  Wide-range values, zero runs
+    and random bit patterns, bit-exact."""
+    codec = get_codec(f"fpx:chunk={chunk}")
+    n = 3 * chunk + 3
+    for x in (grad_like(dtype, n, seed=chunk), random_bits(dtype, n, seed=chunk),
+              np.concatenate([np.zeros(chunk - 1, dtype), grad_like(dtype, n, seed=1)])):
+        check_roundtrip(codec, x)
