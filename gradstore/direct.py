@@ -28,6 +28,11 @@ are taken from the source buffers before anything is written.
 
 Where a file system refuses O_DIRECT, at open or at the first write, the
 writer goes on with buffered writes (``direct`` turns False).
+
+For large runs: every run waits for the device and writes at least a block,
+so a run of one small record costs several times a buffered write (113 us
+of CPU against 29 for 1 KB, measured here).  Callers that write many small
+records batch them into runs (capture's variants: variants.encode_held).
 """
 from __future__ import annotations
 

@@ -107,32 +107,30 @@ class EncodeResult:
                 f"{len(self.failed)} not encodable")
 
 
-def encode_into(store, spec, keys, progress: bool | None = None, arrays: dict | None = None
-                ) -> EncodeResult:
-    """Write the ``spec`` variant of each key into ``store``'s writer namespace.
+def encode_held(store, specs, arrays: dict) -> dict[str, dict[str, str]]:
+    """Store each codec's variant of the arrays just written under their keys
+    ({key: array}), all in one run; {spec: {key: why}} of those a codec
+    could not represent.
 
-    ``arrays``: {key: the array stored under it} when the caller holds them
-    already (capture: written a moment ago, with direct I/O not in the page
-    cache), so that they are not read back.
+    For a caller that holds the arrays (capture: its host buffer), so that
+    nothing is read back, and one run costs one write call where a run per
+    key costs one each (with direct I/O, a device write of a block or more).
     """
-    from .progress import bar
     ns = store._check_writable()
-    codec = codec_of(spec)
-    result = EncodeResult(codec.spec)
-    for key in bar(keys, "encode", progress):
-        raw_entry = store.entry(key)
-        have = store._find(fmt.KIND_VARIANT, f"{key}\0{codec.spec}")
-        if have is not None and have.extra.get("src") == raw_entry.checksum:
-            result.skipped.append(key)
-            continue
-        try:
-            t = trial(codec, store[key] if arrays is None else arrays[key])
-        except NotEncodableError as exc:
-            result.failed[key] = str(exc)
-            continue
-        ns.append(fmt.KIND_VARIANT, variant_meta(key, raw_entry, codec, t), t.payload)
-        result.written.append(key)
-    return result
+    items, failed = [], {}
+    for spec in specs:
+        codec = codec_of(spec)
+        bad = failed.setdefault(codec.spec, {})
+        for key, arr in arrays.items():
+            try:
+                t = trial(codec, arr)
+            except NotEncodableError as exc:
+                bad[key] = str(exc)
+                continue
+            items.append((variant_meta(key, store.entry(key), codec, t), t.payload))
+    if items:
+        ns.append_many(fmt.KIND_VARIANT, items)
+    return failed
 
 
 def find_variant(store, key: str, spec):

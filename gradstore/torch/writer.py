@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..store import Store
-from ..variants import encode_into
+from ..variants import encode_held
 from .buffers import HostBufferPool
 from .convert import tensor_to_numpy
 
@@ -99,9 +99,10 @@ class BucketWriter:
         self.stats.bytes += item.nbytes
         if self.raw and self.codecs:
             arrays = {f"{item.name}/{module}": a for module, a in tensors.items()}
-            for spec in self.codecs:
-                if isinstance(self.store, Store):   # from the host buffer, not read back
-                    result = encode_into(self.store, spec, list(arrays), progress=False, arrays=arrays)
-                else:
+            if isinstance(self.store, Store):   # from the host buffer, not read back; one run
+                for why in encode_held(self.store, self.codecs, arrays).values():
+                    self.stats.not_encodable.update(why)
+            else:
+                for spec in self.codecs:
                     result = self.store.encode(spec, keys=list(arrays), progress=False)
-                self.stats.not_encodable.update(result.failed)
+                    self.stats.not_encodable.update(result.failed)
