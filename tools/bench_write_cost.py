@@ -3,12 +3,13 @@
     python tools/bench_write_cost.py grads/fp32.gs            # real buckets from make_grads
     python tools/bench_write_cost.py grads/fp32.gs --idle 20 --dir /mnt/nvme
 
-A capture's writer thread appends each bucket to the store through the page
-cache. On a virtual machine whose balloon takes back free guest memory (free
+A capture's writer thread appends each bucket to the store. Through the page
+cache, on a virtual machine whose balloon takes back free guest memory (free
 page reporting), every page the page cache grows into is fresh memory the
 host must fault in, and the guest pays it in CPU time: that is what a
-capture costs a training step when every core is busy training. Printed, in
-CPU milliseconds per MB written:
+capture cost a training step when every core is busy training, and why
+capture now writes with direct I/O (gradstore.direct). Printed, in CPU
+milliseconds per MB written:
 
   anonymous memory, first touch and touched again (numpy)
   Store.write_bucket of the real buckets into a new store: after an idle
