@@ -25,10 +25,9 @@ import numpy as np
 
 from . import dtypes
 from . import format as fmt
-from .errors import NotEncodableError
 from .index import Entry
 from .store import checksum
-from .variants import codec_of, trial, variant_meta
+from .variants import codec_of, coded_variants
 
 NO_TENSOR = -1   # the seq of a source entry that stands for a tensor not stored
 
@@ -65,23 +64,12 @@ def codecs_of(specs) -> list:
 
 def write(store, ns, prepared: list[tuple[str, np.ndarray]], codecs: list) -> EncodedWrite:
     """Write ``codecs``' variants of each (key, array) in one run; tensors none can code, in another."""
-    result = EncodedWrite({c.spec: [] for c in codecs}, {c.spec: {} for c in codecs})
-    items: list[tuple[dict, bytes]] = []
-    raw: list[tuple[str, np.ndarray]] = []
-    for key, arr in prepared:
-        src = _Source(dtypes.name_of(arr.dtype), tuple(arr.shape), checksum(arr))
-        coded = False
-        for codec in codecs:
-            try:
-                t = trial(codec, arr)
-            except NotEncodableError as exc:
-                result.failed[codec.spec][key] = str(exc) or type(exc).__name__
-                continue
-            items.append((variant_meta(key, src, codec, t), t.payload))
-            result.written[codec.spec].append(key)
-            coded = True
-        if not coded:
-            raw.append((key, arr))
+    items, written, failed = coded_variants(codecs, [
+        (key, arr, _Source(dtypes.name_of(arr.dtype), tuple(arr.shape), checksum(arr)))
+        for key, arr in prepared])
+    result = EncodedWrite(written, failed)
+    coded = {key for keys in written.values() for key in keys}
+    raw = [(key, arr) for key, arr in prepared if key not in coded]
     if items:
         ns.append_many(fmt.KIND_VARIANT, items)
     if raw:

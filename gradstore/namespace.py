@@ -15,11 +15,11 @@ from pathlib import Path
 
 from . import format as fmt
 from . import recovery
+from .direct import DirectSegmentWriter
 from .errors import FormatError, LockedError, WriteError
 from .index import Entry, Index
 from .log import (LogFollower, LogWriter, SNAPSHOT, create_log, list_logs, log_name,
                   read_snapshot, write_snapshot)
-from .direct import DirectSegmentWriter
 from .fileio import fsync_dir
 from .segment import SegmentMaps, SegmentWriter, list_segments, segment_name
 

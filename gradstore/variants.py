@@ -107,6 +107,27 @@ class EncodeResult:
                 f"{len(self.failed)} not encodable")
 
 
+def coded_variants(codecs, sources) -> tuple[list, dict[str, list[str]], dict[str, dict[str, str]]]:
+    """Each codec's variant of each (key, array, source) of ``sources``, where
+    ``source`` is what variant_meta needs of the tensor (its index entry, or
+    what its record would hold): the (meta, payload) items to append as one
+    run, {spec: keys coded} and {spec: {key: why}} of those a codec cannot
+    represent."""
+    items: list = []
+    written: dict[str, list[str]] = {c.spec: [] for c in codecs}
+    failed: dict[str, dict[str, str]] = {c.spec: {} for c in codecs}
+    for key, arr, source in sources:
+        for codec in codecs:
+            try:
+                t = trial(codec, arr)
+            except NotEncodableError as exc:
+                failed[codec.spec][key] = str(exc) or type(exc).__name__
+                continue
+            items.append((variant_meta(key, source, codec, t), t.payload))
+            written[codec.spec].append(key)
+    return items, written, failed
+
+
 def encode_held(store, specs, arrays: dict) -> dict[str, dict[str, str]]:
     """Store each codec's variant of the arrays just written under their keys
     ({key: array}), all in one run; {spec: {key: why}} of those a codec
@@ -117,17 +138,8 @@ def encode_held(store, specs, arrays: dict) -> dict[str, dict[str, str]]:
     key costs one each (with direct I/O, a device write of a block or more).
     """
     ns = store._check_writable()
-    items, failed = [], {}
-    for spec in specs:
-        codec = codec_of(spec)
-        bad = failed.setdefault(codec.spec, {})
-        for key, arr in arrays.items():
-            try:
-                t = trial(codec, arr)
-            except NotEncodableError as exc:
-                bad[key] = str(exc)
-                continue
-            items.append((variant_meta(key, store.entry(key), codec, t), t.payload))
+    items, _, failed = coded_variants([codec_of(s) for s in specs],
+                                      [(key, arr, store.entry(key)) for key, arr in arrays.items()])
     if items:
         ns.append_many(fmt.KIND_VARIANT, items)
     return failed

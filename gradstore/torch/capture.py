@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from ..errors import GradstoreError
 from ..keys import bucket_name
-from ..store import open_store
+from ..store import Store, open_store
 from .buffers import HostBufferPool
 from .writer import BucketWriter, Pending
 
@@ -96,7 +96,8 @@ class GradientCapture:
     """Store every selected DDP bucket of this rank, per step, into a gradstore store.
 
     ``path`` is a store path (opened with mode "a" in this rank's namespace)
-    or an open store-like object with ``write_bucket`` (left open at close).
+    or an open store-like object with ``write_bucket`` (left open at close; with
+    ``codecs`` and ``raw=True``, a gradstore Store).
     Options: ``every`` N steps, ``ranks``, ``buckets`` (indices), ``modules``
     (globs over parameter names), ``when`` "before" (local gradients, the
     default) or "after" the communication, ``codecs`` (specs stored as
@@ -161,6 +162,10 @@ class GradientCapture:
         self.raw = bool(raw)
         if self.active:
             if hasattr(path, "write_bucket"):
+                if self.codecs and self.raw and not isinstance(path, Store):
+                    raise TypeError("codecs with raw=True store variants next to the tensors, "
+                                    "which needs a gradstore store (a path or gradstore.open(...)), "
+                                    f"not {type(path).__name__}")
                 self.store = path
             else:
                 self.store = open_store(os.fspath(path), "a", rank=rank, segment_size=segment_size,

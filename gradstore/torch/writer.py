@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..store import Store
 from ..variants import encode_held
 from .buffers import HostBufferPool
 from .convert import tensor_to_numpy
@@ -99,10 +98,6 @@ class BucketWriter:
         self.stats.bytes += item.nbytes
         if self.raw and self.codecs:
             arrays = {f"{item.name}/{module}": a for module, a in tensors.items()}
-            if isinstance(self.store, Store):   # from the host buffer, not read back; one run
-                for why in encode_held(self.store, self.codecs, arrays).values():
-                    self.stats.not_encodable.update(why)
-            else:
-                for spec in self.codecs:
-                    result = self.store.encode(spec, keys=list(arrays), progress=False)
-                    self.stats.not_encodable.update(result.failed)
+            # from the host buffer, not read back; all codecs in one run
+            for why in encode_held(self.store, self.codecs, arrays).values():
+                self.stats.not_encodable.update(why)

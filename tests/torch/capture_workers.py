@@ -109,9 +109,6 @@ class SlowStore:
         time.sleep(self.delay)
         return self._store.write_bucket(name, tensors)
 
-    def encode(self, *args, **kwargs):
-        return self._store.encode(*args, **kwargs)
-
     def close(self):
         self._store.close()
 

@@ -176,6 +176,19 @@ def test_tensors_and_their_variants_captured_together(run):
         assert rec["variants"]["stats"]["not_encodable"] == 0
 
 
+def test_variants_next_to_tensors_need_a_gradstore_store():
+    """Refused when made: the writer thread would fail on a store-like object."""
+    from gradstore.torch import GradientCapture
+
+    class Sink:
+        def write_bucket(self, name, tensors):
+            pass
+
+    with pytest.raises(TypeError, match="needs a gradstore store .*not Sink"):
+        GradientCapture(Sink(), rank=0, codecs=["fpx"])
+    GradientCapture(Sink(), rank=0).close()   # tensors only: any object with write_bucket
+
+
 @pytest.mark.parametrize("codecs", [None, ["raw"], ["raw", "fpx"]])
 def test_variants_only_capture_needs_codecs_other_than_raw(tmp_path, codecs):
     """Refused when made, as Store.write_encoded would refuse them later, in the writer thread."""
