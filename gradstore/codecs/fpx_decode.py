@@ -1,6 +1,9 @@
 """numba kernels of the ``fpx`` decoder: tables, then rANS and raw bytes in one pass per chunk.
 
-Every read is bounds-checked against the payload; see ``fpx_kernels`` for the error codes.
+Every read is bounds-checked against the payload, a group of reads at a
+time where that is enough; see ``fpx_kernels`` for the error codes.  Each
+chunk is decoded by the loop that suits it, chosen from its tables
+(``chunk_mode``): the same values come out of every loop.
 """
 from __future__ import annotations
 
@@ -12,13 +15,15 @@ from .fpx_kernels import (A, CTX, E_RANS, E_RAW, E_SIZES, E_TABLE, NS, RANS_L, S
 
 
 @njit(cache=True, nogil=True)
-def _read_tables(buf, p, end, dec):
-    """Fill the decoding table of both contexts from buf[p:end]; 0 or E_TABLE.
+def _read_tables(buf, p, end, dec, zeros):
+    """Fill the decoding table of both contexts from buf[p:end], and ``zeros`` with
+    each context's frequency of the zero symbols; 0 or E_TABLE.
 
     One int64 per context and slot: frequency << 32 | (slot - cumulative) << 16 | symbol.
     """
     M = np.int64(1) << SCALE
     for k in range(CTX):
+        zeros[k] = 0
         present, p = _get_varint(buf, p, end)
         if present < 1 or present > A:
             return E_TABLE
@@ -35,6 +40,7 @@ def _read_tables(buf, p, end, dec):
                 return E_TABLE
             for slot in range(acc, acc + f):
                 dec[k * M + slot] = (f << 32) | ((slot - acc) << 16) | s
+            zeros[k] += f if s >= ZERO else 0
             acc += f
         if acc != M:
             return E_TABLE
@@ -54,6 +60,26 @@ def _raw(buf, q, nb):
 
 
 @njit(inline="always")
+def _state(buf, dec, k, x, p):
+    """One rANS step of state ``x`` in context ``k``, unchecked: (x, symbol, p) after it."""
+    e = dec[np.uint64(k + (x & ((np.int64(1) << SCALE) - 1)))]
+    x = (e >> 32) * (x >> SCALE) + ((e >> 16) & 0xFFFF)
+    w = np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
+    renorm = x < RANS_L
+    x = ((x << 16) | w) if renorm else x
+    p += 2 if renorm else 0
+    return x, e & 0xFFFF, p
+
+
+@njit(inline="always")
+def _nonzero(out, r, s):
+    """The non-zero value of symbol ``s`` and raw bits ``r`` (sign on top), as a lane of ``out``."""
+    W = lane_bits(out)
+    shift = W - 1 - T
+    return ((r >> shift) << (W - 1)) | (s << shift) | (r & ((np.int64(1) << shift) - 1))
+
+
+@njit(inline="always")
 def _step(buf, dec, out, i, x, k, p, q):
     """Decode the value at ``i`` with state ``x`` in context ``k``, reading the
     rANS stream at buf[p] and the raw bytes at buf[q]; (x, k, p, q) after it.
@@ -61,42 +87,75 @@ def _step(buf, dec, out, i, x, k, p, q):
     No bounds checks and no branches: the caller makes sure that a word and
     one value's raw bytes can be read (a value that takes neither reads them
     all the same), and each choice is a select, since whether a state needs
-    a word, and on sparse data whether a value is a zero, follows no pattern
-    a branch predictor can learn.
+    a word, and in a chunk with zeros whether a value is one, follows no
+    pattern a branch predictor can learn.
     """
     W = lane_bits(out)
     nb = (W - T) // 8
-    shift = W - 1 - T
-    low = (np.int64(1) << shift) - 1
-    e = dec[np.uint64(k + (x & ((np.int64(1) << SCALE) - 1)))]
-    x = (e >> 32) * (x >> SCALE) + ((e >> 16) & 0xFFFF)
-    w = np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
-    renorm = x < RANS_L
-    x = ((x << 16) | w) if renorm else x
-    p += 2 if renorm else 0
-    s = e & 0xFFFF
+    x, s, p = _state(buf, dec, k, x, p)
     r = _raw(buf, q, nb)
     zero = s >= ZERO
-    out[np.uint64(i)] = ((s - ZERO) << (W - 1)) if zero else (((r >> shift) << (W - 1)) | (s << shift) | (r & low))
+    out[np.uint64(i)] = ((s - ZERO) << (W - 1)) if zero else _nonzero(out, r, s)
     q += 0 if zero else nb
     k = (np.int64(1) << SCALE) if zero else np.int64(0)
     return x, k, p, q
 
 
+@njit(inline="always")
+def _dense(buf, dec, out, i, x, p, q):
+    """``_step`` in a chunk without zeros: context 0, one value's raw bytes at buf[q] each."""
+    x, s, p = _state(buf, dec, np.int64(0), x, p)
+    out[np.uint64(i)] = _nonzero(out, _raw(buf, q, (lane_bits(out) - T) // 8), s)
+    return x, p
+
+
+@njit(inline="always")
+def _branchy(buf, dec, out, i, x, k, p, q):
+    """``_step`` with branches, for chunks of mostly zeros, where they predict well."""
+    W = lane_bits(out)
+    e = dec[np.uint64(k + (x & ((np.int64(1) << SCALE) - 1)))]
+    x = (e >> 32) * (x >> SCALE) + ((e >> 16) & 0xFFFF)
+    if x < RANS_L:
+        x = (x << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
+        p += 2
+    s = e & 0xFFFF
+    if s >= ZERO:
+        out[np.uint64(i)] = (s - ZERO) << (W - 1)
+        return x, np.int64(1) << SCALE, p, q
+    nb = (W - T) // 8
+    out[np.uint64(i)] = _nonzero(out, _raw(buf, q, nb), s)
+    return x, np.int64(0), p, q + nb
+
+
+# How a chunk's groups are decoded, chosen from its tables.  In real gradient
+# buckets a chunk is either free of zeros or nearly all zeros (rows of the
+# embedding that no token touched), rarely in between.
+DENSE = 0     # no zero symbol in context 0, so no zero at all: no context to follow, raw bytes in step
+MIXED = 1     # some zeros: branch-free groups
+SPARSE = 2    # mostly zeros (context 1 codes a zero 15 times in 16 or more): branches predict well
+
+
 @njit(cache=True, nogil=True)
-def _chunk(buf, p, end, q_end, dec, out, lo, m):
+def chunk_mode(zeros):
+    """DENSE, MIXED or SPARSE, from each context's frequency of the zero symbols (``_read_tables``)."""
+    if zeros[0] == 0:
+        return DENSE
+    return SPARSE if zeros[1] * 16 >= 15 * (np.int64(1) << SCALE) else MIXED
+
+
+@njit(cache=True, nogil=True)
+def _chunk(buf, p, end, q_end, dec, out, lo, m, mode):
     """Decode one chunk: the NS states, then the symbols from buf[p:end], each non-zero
     value's raw bytes from buf[end:q_end]; 0 or a negative error code.
 
-    Groups of NS values, one per state, go unchecked (``_step``) while the
-    streams hold what a group can take at most; the last values are decoded
-    one by one with every read checked.
+    Groups of NS values, one per state, go unchecked (``_dense`` or ``_step``,
+    by ``mode``) while the streams hold what a group can take at most; the
+    rest (a SPARSE chunk: all of it) is decoded value by value with every
+    read checked.
     """
     W = lane_bits(out)
     M = np.int64(1) << SCALE
     nb = (W - T) // 8
-    shift = W - 1 - T
-    low = (np.int64(1) << shift) - 1
     x = np.empty(NS, dtype=np.int64)
     for j in range(NS):
         x[j] = np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8) \
@@ -107,12 +166,30 @@ def _chunk(buf, p, end, q_end, dec, out, lo, m):
     q = end
     i = lo
     m += lo
-    while i + NS <= m and p + 2 * NS <= end and q + NS * nb <= q_end:
-        x0, k0, p, q = _step(buf, dec, out, i, x0, k0, p, q)
-        x1, k1, p, q = _step(buf, dec, out, i + 1, x1, k1, p, q)
-        x2, k2, p, q = _step(buf, dec, out, i + 2, x2, k2, p, q)
-        x3, k3, p, q = _step(buf, dec, out, i + 3, x3, k3, p, q)
-        i += NS
+    if mode == DENSE:
+        if q_end - q != (m - lo) * nb:    # every value has its raw bytes
+            return E_RAW
+        while i + NS <= m and p + 2 * NS <= end:
+            x0, p = _dense(buf, dec, out, i, x0, p, q)
+            x1, p = _dense(buf, dec, out, i + 1, x1, p, q + nb)
+            x2, p = _dense(buf, dec, out, i + 2, x2, p, q + 2 * nb)
+            x3, p = _dense(buf, dec, out, i + 3, x3, p, q + 3 * nb)
+            q += NS * nb
+            i += NS
+    elif mode == MIXED:
+        while i + NS <= m and p + 2 * NS <= end and q + NS * nb <= q_end:
+            x0, k0, p, q = _step(buf, dec, out, i, x0, k0, p, q)
+            x1, k1, p, q = _step(buf, dec, out, i + 1, x1, k1, p, q)
+            x2, k2, p, q = _step(buf, dec, out, i + 2, x2, k2, p, q)
+            x3, k3, p, q = _step(buf, dec, out, i + 3, x3, k3, p, q)
+            i += NS
+    else:
+        while i + NS <= m and p + 2 * NS <= end and q + NS * nb <= q_end:
+            x0, k0, p, q = _branchy(buf, dec, out, i, x0, k0, p, q)
+            x1, k1, p, q = _branchy(buf, dec, out, i + 1, x1, k1, p, q)
+            x2, k2, p, q = _branchy(buf, dec, out, i + 2, x2, k2, p, q)
+            x3, k3, p, q = _branchy(buf, dec, out, i + 3, x3, k3, p, q)
+            i += NS
     # The rest, value by value (i is a multiple of NS past lo: value t has state t % NS).
     x[0], x[1], x[2], x[3] = x0, x1, x2, x3
     ks = np.empty(NS, dtype=np.int64)
@@ -135,9 +212,8 @@ def _chunk(buf, p, end, q_end, dec, out, lo, m):
             ks[j] = 0
             if q + nb > q_end:
                 return E_RAW
-            r = _raw(buf, q, nb)
+            out[np.uint64(t)] = _nonzero(out, _raw(buf, q, nb), s)
             q += nb
-            out[np.uint64(t)] = ((r >> shift) << (W - 1)) | (s << shift) | (r & low)
     for j in range(NS):
         if x[j] != RANS_L:
             return E_RANS
@@ -151,6 +227,7 @@ def decode(buf, p, sizes, n, chunk, out):
     """Decode the chunks starting at ``buf[p]`` into ``out``; 0 or a negative error code."""
     M = np.int64(1) << SCALE
     dec = np.empty(CTX * M, dtype=np.int64)
+    zeros = np.empty(CTX, dtype=np.int64)
     end_all = buf.shape[0]
     c = 0
     for lo in range(0, n, chunk):
@@ -160,10 +237,10 @@ def decode(buf, p, sizes, n, chunk, out):
         b_end = r_end + sizes[c, 2]
         if b_end > end_all or sizes[c, 1] < 4 * NS or sizes[c, 1] % 2:
             return E_SIZES
-        status = _read_tables(buf, p, t_end, dec)
+        status = _read_tables(buf, p, t_end, dec, zeros)
         if status:
             return status
-        status = _chunk(buf, t_end, r_end, b_end, dec, out, lo, m)
+        status = _chunk(buf, t_end, r_end, b_end, dec, out, lo, m, chunk_mode(zeros))
         if status:
             return status
         p = b_end

@@ -241,3 +241,81 @@ def test_chunks_not_a_multiple_of_four(dtype, chunk):
     for x in (grad_like(dtype, n, seed=chunk), random_bits(dtype, n, seed=chunk),
               np.concatenate([np.zeros(chunk - 1, dtype), grad_like(dtype, n, seed=1)])):
         check_roundtrip(codec, x)
+
+
+def chunk_modes(payload: bytes, n: int, chunk: int) -> list[int]:
+    """The loop the decoder picks for each chunk of a payload, from the chunk's tables."""
+    from gradstore.codecs import fpx_decode as D
+    from gradstore.codecs import fpx_kernels as K
+    body = np.frombuffer(payload, dtype=np.uint8)[32:]
+    count = -(-n // chunk)
+    sizes = body[:12 * count].view("<u4").reshape(count, 3).astype(np.int64)
+    dec = np.empty(K.CTX << K.SCALE, dtype=np.int64)
+    zeros = np.empty(K.CTX, dtype=np.int64)
+    p, modes = 12 * count, []
+    for c in range(count):
+        assert D._read_tables(body, p, p + sizes[c, 0], dec, zeros) == 0
+        modes.append(int(D.chunk_mode(zeros)))
+        p += int(sizes[c].sum())
+    return modes
+
+
+def mode_mix(dtype, chunk: int) -> np.ndarray:
+    """Chunks of each kind in turn: no zeros, some zeros, nearly all zeros (one value
+    in 40 non-zero), each of ``chunk`` values or of a few more, so that chunk
+    borders fall inside them."""
+    rng = np.random.default_rng(chunk)
+    parts = []
+    for i in range(6):
+        n = chunk + 3 * i
+        x = (rng.laplace(size=n) * np.repeat(10.0 ** rng.uniform(-7, -2, -(-n // 256)), 256)[:n]).astype(dtype)
+        x[x == 0] = 1.0         # (float16 flushes the smallest to zero)
+        if i % 3 == 1:
+            x[rng.random(n) < 0.3] = 0.0
+        elif i % 3 == 2:
+            x[rng.random(n) < 0.975] = 0.0
+        parts.append(x)
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("chunk", [4096, 4099])
+def test_every_decoding_loop(dtype, chunk):
+    """Chunks free of zeros, with some and with nearly only zeros each take their
+    own loop in the decoder (DENSE, MIXED, SPARSE), and all decode bit-exact."""
+    from gradstore.codecs.fpx_decode import DENSE, MIXED, SPARSE
+    codec = get_codec(f"fpx:chunk={chunk}")
+    x = mode_mix(dtype, chunk)
+    modes = chunk_modes(codec.encode(x).payload, x.size, chunk)
+    assert {DENSE, MIXED, SPARSE} <= set(modes)
+    check_roundtrip(codec, x)
+    bits = random_bits(dtype, 3 * chunk)      # NaNs, Infs and subnormals, no zero: DENSE throughout
+    bits[bits == 0] = 1
+    assert set(chunk_modes(codec.encode(bits).payload, bits.size, chunk)) == {DENSE}
+    check_roundtrip(codec, bits)
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), BF16], ids=str)
+def test_damage_behind_a_matching_checksum_in_every_loop(dtype):
+    """Damage behind a recomputed checksum, in chunks of every kind: a CodecError or
+    values of the right shape (a flip in the raw bytes), never a crash or a read
+    past the payload."""
+    import xxhash
+    codec = get_codec(SMALL)
+    x = mode_mix(dtype, 4096)
+    payload = codec.encode(x).payload
+    rng = np.random.default_rng(2)
+    caught = 0
+    for _ in range(400):
+        bad = bytearray(payload)
+        for at in rng.integers(32, len(bad), 1 + int(rng.integers(0, 3))):
+            bad[int(at)] ^= int(rng.integers(1, 256))
+        bad[24:32] = xxhash.xxh3_64_digest(bytes(bad[32:]))
+        try:
+            out = codec.decode(bytes(bad), x.dtype, x.shape)
+        except CodecError as exc:
+            assert "corrupt fpx payload" in str(exc)
+            caught += 1
+            continue
+        assert out.shape == x.shape
+    assert caught > 100
