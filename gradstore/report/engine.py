@@ -25,6 +25,8 @@ TASK_KEYS = 256            # keys per task, at most
 MIN_TASK_BYTES = 1 << 20
 PER_WORKER = 2             # tasks in flight per worker
 WORKER_MODULE = "gradstore.report.measure"   # what workers run: imported before they start
+WARM_MODULE = "gradstore.report.warm"        # loads the codecs' kernels in the server they fork from
+WARM_KEYS = 4096                             # the dtypes of this many keys are warmed up
 
 
 def chunks(items: Iterable[tuple[str, int, int]], total: int, workers: int,
@@ -93,18 +95,26 @@ class Meter:
 def start_early(store, keys: list[str], specs, jobs: int, remote: bool) -> None:
     """For ``jobs`` worker processes on this machine: start the server they fork from
     now, importing the codecs' modules (found without importing them here), so that
-    its imports overlap with this process's own and with its planning.  When the
-    first keys hold bfloat16 tensors, it imports ml_dtypes too (half a second,
-    which a float32 report would wait for in vain)."""
+    its imports overlap with this process's own and with its planning.  It then
+    loads the codecs' kernels for the dtypes of the first keys (``warm``), which
+    every worker forked from it inherits.  When those keys hold bfloat16 tensors,
+    it imports ml_dtypes too (half a second, which a float32 report would wait
+    for in vain)."""
     if jobs <= 1 or remote:
         return
-    bf16 = any(store.source_entry(k).dtype == "bfloat16" for k in keys[:64])
     from ..codecs.registry import module_of
     from ..convert.readers import start_server
+    from .warm import WARM_ENV, plan
+    dtypes = list(dict.fromkeys(store.source_entry(k).dtype for k in keys[:WARM_KEYS]))
+    names = [s if isinstance(s, str) else s.spec for s in specs]
     modules = (m for m in (module_of(s) if isinstance(s, str) else type(s).__module__
                            for s in specs) if m)
-    start_server((WORKER_MODULE, *dict.fromkeys(modules),
-                  *(("ml_dtypes",) if bf16 else ())))
+    os.environ[WARM_ENV] = plan(names, dtypes)   # read by the server as it imports .warm
+    try:
+        start_server((WORKER_MODULE, *dict.fromkeys(modules),
+                      *(("ml_dtypes",) if "bfloat16" in dtypes else ()), WARM_MODULE))
+    finally:
+        del os.environ[WARM_ENV]
 
 
 class Runner:
