@@ -109,12 +109,16 @@ def start_early(store, keys: list[str], specs, jobs: int, remote: bool) -> None:
     names = [s if isinstance(s, str) else s.spec for s in specs]
     modules = (m for m in (module_of(s) if isinstance(s, str) else type(s).__module__
                            for s in specs) if m)
+    before = os.environ.get(WARM_ENV)
     os.environ[WARM_ENV] = plan(names, dtypes)   # read by the server as it imports .warm
     try:
         start_server((WORKER_MODULE, *dict.fromkeys(modules),
                       *(("ml_dtypes",) if "bfloat16" in dtypes else ()), WARM_MODULE))
     finally:
-        del os.environ[WARM_ENV]
+        if before is None:
+            os.environ.pop(WARM_ENV, None)
+        else:
+            os.environ[WARM_ENV] = before
 
 
 class Runner:
