@@ -46,6 +46,12 @@ def to_numpy(name: str) -> np.dtype:
     raise ValueError(f"unknown dtype {name!r}; supported: {', '.join(NAMES)}")
 
 
+def loaded(name: str) -> np.dtype | None:
+    """The numpy dtype of an on-disk dtype name if it needs no import now (bfloat16
+    before ml_dtypes is loaded: None)."""
+    return _BY_NAME.get(name)
+
+
 def by_code(code: int) -> np.dtype:
     """The numpy dtype of a dtype code (its position in NAMES)."""
     return to_numpy(NAMES[code])

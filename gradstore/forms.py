@@ -35,7 +35,7 @@ def gather_dims(ndim: np.ndarray, dstart: np.ndarray, dims: np.ndarray,
 
 
 class Forms:
-    """Form number -> (kind, numpy dtype, shape, dtype name), over numpy columns."""
+    """Form number -> (kind, numpy dtype or None, shape, dtype name), over numpy columns."""
 
     def __init__(self, kind: np.ndarray, dtype: np.ndarray, ndim: np.ndarray, dims: np.ndarray):
         self.kind = kind            # u1 per form
@@ -55,11 +55,27 @@ class Forms:
         none = np.zeros(0, np.uint8)
         return cls(none, none, none, np.zeros(0, _U64))
 
+    def facts(self, f: int) -> tuple[int, tuple, str]:
+        """(kind, shape, dtype name) of form ``f``, without its numpy dtype, which
+        for bfloat16 would import ml_dtypes (half a second) just to check a snapshot."""
+        start = int(self.dstart[f])
+        return (int(self.kind[f]), tuple(self.dims[start:start + int(self.ndim[f])].tolist()),
+                dtypes.NAMES[int(self.dtype[f])])
+
     def build(self, f: int) -> tuple:
-        code, start = int(self.dtype[f]), int(self.dstart[f])
-        shape = tuple(self.dims[start:start + int(self.ndim[f])].tolist())
-        got = self.built[f] = (int(self.kind[f]), dtypes.by_code(code), shape, dtypes.NAMES[code])
+        """Form ``f``'s tuple; its numpy dtype is None while that would mean importing
+        ml_dtypes (see ``numpy_dtype``): listing and checking entries need only the name."""
+        kind, shape, name = self.facts(f)
+        got = self.built[f] = (kind, dtypes.loaded(name), shape, name)
         return got
+
+    def numpy_dtype(self, f: int) -> np.dtype:
+        """Form ``f``'s numpy dtype, resolved (and kept) now if build() left it None."""
+        kind, dt, shape, name = self.built[f] or self.build(f)
+        if dt is None:
+            dt = dtypes.to_numpy(name)
+            self.built[f] = (kind, dt, shape, name)
+        return dt
 
     def row_dims(self, forms: np.ndarray) -> np.ndarray:
         """The shapes of rows with these form numbers, concatenated."""

@@ -232,7 +232,8 @@ class Index:
                 if self._blob[kstart:kstart + klen] == want:
                     f = self._built[form] or self._forms.build(form)
                     if f[0] == _TENSOR:
-                        return seq, start, end, f[1], f[2]
+                        dt = f[1] if f[1] is not None else self._forms.numpy_dtype(form)
+                        return seq, start, end, dt, f[2]
             elif rh > h:
                 return None
             pos += 64

@@ -35,7 +35,7 @@ def check_forms(forms: Forms, form_of: np.ndarray, plen: np.ndarray, extra: dict
     each variant row has its codec."""
     nbytes = []
     for f in range(len(forms)):
-        kind, _, shape, name = forms.built[f] or forms.build(f)
+        kind, shape, name = forms.facts(f)
         size = dtypes.ITEMSIZE[name]
         for d in shape:
             size *= d

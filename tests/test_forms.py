@@ -25,7 +25,8 @@ def test_rows_of_one_form_share_it_and_no_others_do():
     got = [table.built[f] or table.build(f) for f in form_of.tolist()]
     for i, (k, dt, shape, name) in enumerate(got):
         assert shape == SHAPES[i] and k == kind[i] and name == dtypes.NAMES[dtype[i]]
-        assert dt == dtypes.by_code(dtype[i])
+        assert dt is None or dt == dtypes.by_code(dtype[i])       # None: bfloat16 not loaded yet
+        assert table.numpy_dtype(int(form_of[i])) == dtypes.by_code(dtype[i])
     key = [(int(kind[i]), int(dtype[i]), SHAPES[i]) for i in range(len(SHAPES))]
     for i in range(len(SHAPES)):
         for j in range(len(SHAPES)):

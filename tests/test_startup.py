@@ -70,3 +70,34 @@ def test_reading_a_bf16_store_loads_it(tmp_path):
     """, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "bfloat16 [1.0, 1.0, 1.0, 1.0, 1.0]\n"
+
+
+def test_opening_and_listing_a_bf16_store_does_not_load_it(tmp_path):
+    """A closed store is opened from its snapshot: its checks, listing and entries need
+    dtype names only; the first tensor read loads ml_dtypes, as it must."""
+    import ml_dtypes
+    import numpy as np
+
+    import gradstore
+    from gradstore.namespace import CHECKPOINT_ON_CLOSE
+    with gradstore.open(tmp_path / "s.gs", "w") as gs:
+        gs.write("R_0_E_0_S_0_B_0/w", np.ones((2, 3), dtype=ml_dtypes.bfloat16))
+        gs.write("R_0_E_0_S_0_B_0/b", np.ones(4, dtype=np.float32))
+        for i in range(CHECKPOINT_ON_CLOSE):     # enough for the close to write a snapshot
+            gs.write(f"R_0_E_0_S_1_B_0/m{i}", np.full(1, i, dtype=ml_dtypes.bfloat16))
+    assert (tmp_path / "s.gs" / "main" / "index.snap").exists()
+    proc = run("""
+        import sys
+        import gradstore
+        with gradstore.open(sys.argv[1]) as gs:
+            keys = gs.keys()[:2]
+            e = gs.entry("R_0_E_0_S_0_B_0/w")
+            assert gs.source_entry("R_0_E_0_S_0_B_0/w").dtype == "bfloat16"
+            assert gs["R_0_E_0_S_0_B_0/b"].sum() == 4
+            before = "ml_dtypes" in sys.modules
+            y = gs["R_0_E_0_S_0_B_0/w"]
+        print(keys, e.dtype, e.shape, before, y.dtype, "ml_dtypes" in sys.modules)
+    """, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ("['R_0_E_0_S_0_B_0/b', 'R_0_E_0_S_0_B_0/w'] bfloat16 (2, 3) False "
+                           "bfloat16 True\n")
