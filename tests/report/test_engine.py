@@ -229,3 +229,24 @@ def test_idle_workers_are_stopped(store):
         assert len(started) == 2 and runner.workers == 2
     for p in started:
         assert not p.is_alive() and p.exitcode is not None
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_command_leaves_no_temporary_results_behind(store, tmp_path, jobs):
+    """Results that cannot be kept go to a temporary directory, which is gone once the
+    command has exited (it leaves without the interpreter's last garbage collection:
+    entry._leave), and its output is whole."""
+    import os
+    import subprocess
+    import sys
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "gradstore", "report", store, "--codec", SPECS[0],
+                           "--results", blocker / "r.results", "-j", jobs, "-q"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(tmp)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("gradstore: warning: results not kept")
+    assert proc.stdout.rstrip().endswith("n/e: not encodable")          # the summary, to its last line
+    assert list(tmp.iterdir()) == []
