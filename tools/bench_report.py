@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per timing, best kept (default 3)")
     ap.add_argument("--grow", type=int, default=10, help="store growth for the RSS check (default 10)")
     ap.add_argument("--scale", type=int, default=16,
-                    help="the store written this many times over for the timings at scale (default 4)")
+                    help="the store written this many times over for the timings at scale (default 16)")
     ap.add_argument("--ref-sample", type=int, default=300_000, help="elements given to the reference")
     args = ap.parse_args(argv)
 

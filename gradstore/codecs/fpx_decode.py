@@ -60,15 +60,22 @@ def _raw(buf, q, nb):
 
 
 @njit(inline="always")
+def _lookup(dec, k, x):
+    """State ``x``'s symbol in context ``k`` and the state after it, before any
+    renormalisation: (x, symbol)."""
+    e = dec[np.uint64(k + (x & ((np.int64(1) << SCALE) - 1)))]
+    return (e >> 32) * (x >> SCALE) + ((e >> 16) & 0xFFFF), e & 0xFFFF
+
+
+@njit(inline="always")
 def _state(buf, dec, k, x, p):
     """One rANS step of state ``x`` in context ``k``, unchecked: (x, symbol, p) after it."""
-    e = dec[np.uint64(k + (x & ((np.int64(1) << SCALE) - 1)))]
-    x = (e >> 32) * (x >> SCALE) + ((e >> 16) & 0xFFFF)
+    x, s = _lookup(dec, k, x)
     w = np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
     renorm = x < RANS_L
     x = ((x << 16) | w) if renorm else x
     p += 2 if renorm else 0
-    return x, e & 0xFFFF, p
+    return x, s, p
 
 
 @njit(inline="always")
@@ -113,12 +120,10 @@ def _dense(buf, dec, out, i, x, p, q):
 def _branchy(buf, dec, out, i, x, k, p, q):
     """``_step`` with branches, for chunks of mostly zeros, where they predict well."""
     W = lane_bits(out)
-    e = dec[np.uint64(k + (x & ((np.int64(1) << SCALE) - 1)))]
-    x = (e >> 32) * (x >> SCALE) + ((e >> 16) & 0xFFFF)
+    x, s = _lookup(dec, k, x)
     if x < RANS_L:
         x = (x << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
         p += 2
-    s = e & 0xFFFF
     if s >= ZERO:
         out[np.uint64(i)] = (s - ZERO) << (W - 1)
         return x, np.int64(1) << SCALE, p, q
@@ -196,15 +201,13 @@ def _chunk(buf, p, end, q_end, dec, out, lo, m, mode):
     ks[0], ks[1], ks[2], ks[3] = k0, k1, k2, k3
     for t in range(i, m):
         j = (t - lo) % NS
-        e = dec[np.uint64(ks[j] + (x[j] & (M - 1)))]
-        xj = (e >> 32) * (x[j] >> SCALE) + ((e >> 16) & 0xFFFF)
+        xj, s = _lookup(dec, ks[j], x[j])
         if xj < RANS_L:
             if p + 2 > end:
                 return E_RANS
             xj = (xj << 16) | np.int64(buf[np.uint64(p)]) | (np.int64(buf[np.uint64(p + 1)]) << 8)
             p += 2
         x[j] = xj
-        s = e & 0xFFFF
         if s >= ZERO:
             out[np.uint64(t)] = (s - ZERO) << (W - 1)
             ks[j] = M
