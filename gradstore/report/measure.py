@@ -18,6 +18,7 @@ from ..errors import NotEncodableError
 from ..variants import codec_of, record_bytes, trial, variant_meta
 from .result import KeyResult
 
+AROUND = max(64 << 10, mmap.PAGESIZE)   # a page fault maps the cached pages around it, up to 64 KiB
 _local = threading.local()   # Dask may run several tasks in threads of one process
 
 
@@ -53,14 +54,19 @@ def _entry(store, key: str, src: int | None):
 
 def release(store, e) -> None:
     """Drop this process's pages of ``e``'s payload: they stay in the page cache, but no
-    longer count in this process's memory, which would otherwise grow to the store's size."""
+    longer count in this process's memory, which would otherwise grow to the store's size.
+
+    The range is widened to whole AROUND blocks: reading a payload's first page
+    also mapped the cached pages around it (the kernel's fault-around), the end
+    of the record before among them, which no later release would cover.  Any
+    of those pages still in use is simply mapped again when next read."""
     advice = getattr(mmap, "MADV_DONTNEED", None)
     if advice is None:
         return
     try:
         e, m = store._mapping(e)
-        start = e.payload_offset - e.payload_offset % mmap.PAGESIZE
-        end = min(len(m), e.payload_offset + e.payload_len)
+        start = e.payload_offset - e.payload_offset % AROUND
+        end = min(len(m), -(-(e.payload_offset + e.payload_len) // AROUND) * AROUND)
         if end > start:
             m.madvise(advice, start, end - start)
     except (OSError, ValueError, AttributeError):
