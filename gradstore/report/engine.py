@@ -11,6 +11,7 @@ and the Dask futures are cancelled.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -124,10 +125,18 @@ def start_early(store, keys: list[str], specs, jobs: int, remote: bool) -> None:
 class Runner:
     """Runs ``fn(source, *args)`` for each argument tuple; see the module docstring.
 
-    ``jobs`` > 1: worker processes, which get the store's path; ``client``
-    (a distributed.Client): its workers, which get the path too (it must
-    be visible to them: a shared filesystem); else this process, with the
-    open store itself.
+    ``jobs`` > 1: this process and ``jobs`` - 1 worker processes, which get
+    the store's path; ``client`` (a distributed.Client): its workers, which
+    get the path too (it must be visible to them: a shared filesystem);
+    else this process alone, with the open store itself.
+
+    With worker processes, this process works too: it does a task whenever
+    no finished one is waiting to be collected.  A worker's server needs a
+    second or so to import and load the codecs' kernels (engine.start_early);
+    this process starts on the first task at once, and the workers join as
+    they come, so a run of ``-j 2`` takes two cores from its start and the
+    results' bookkeeping here runs on a core of its own.  A run of one task
+    starts no worker.
     """
 
     def __init__(self, store, jobs: int = 1, client=None, preload: tuple[str, ...] = ()):
@@ -137,43 +146,39 @@ class Runner:
         self.preload = preload
         self.path = os.path.abspath(os.fspath(store.path))
         self._executor = None
+        self._started: threading.Event | None = None   # set once the workers are started
+        self._start_error: BaseException | None = None
 
     def __enter__(self) -> "Runner":
-        if self.client is None and self.jobs > 1:
-            from ..convert.readers import make_executor
-            # (no effect on the server they fork from if start_early started it)
-            self._executor = make_executor(self.jobs, (WORKER_MODULE, *self.preload))
-            self._launch()
         return self
 
-    def _launch(self) -> None:
-        """Start every worker now, in a thread a Ctrl-C cannot interrupt: a worker
-        interrupted half-started would be no one's to kill, and would print a
-        traceback once this process is gone."""
+    def _start_workers(self) -> None:
+        """Start the ``jobs`` - 1 workers in a thread: connecting to their server waits
+        until it has imported its preloads, which this process does not wait for.  A
+        Ctrl-C cannot interrupt the thread: a worker interrupted half-started would be
+        no one's to kill, and would print a traceback once this process is gone."""
+        from ..convert.readers import make_executor
+        self._executor = make_executor(self.jobs - 1, (WORKER_MODULE, *self.preload))
         launch = getattr(self._executor, "_launch_processes", None)
-        if launch is None:
-            return
-        done = threading.Event()
+        started = self._started = threading.Event()
 
         def start() -> None:
             try:
-                launch()
+                if launch is not None:
+                    launch()
+            except BaseException as exc:   # raised again in imap, in this process
+                self._start_error = exc
             finally:
-                done.set()
+                started.set()
 
         threading.Thread(target=start, name="start-workers", daemon=True).start()
-        try:
-            while not done.wait(0.05):
-                pass
-        except KeyboardInterrupt:
-            done.wait()   # (an Event: an interrupted Thread.join would not wait again)
-            self.__exit__(KeyboardInterrupt, None, None)
-            raise
 
     def __exit__(self, exc_type, exc, tb) -> None:
         ex, self._executor = self._executor, None
         if ex is None:
             return
+        while not self._started.wait(0.05):   # every worker started is then ours to stop
+            pass
         if exc_type is None:
             from ..convert.readers import shut_down
             shut_down(ex)
@@ -193,28 +198,47 @@ class Runner:
         if self.client is not None:
             from .dask import imap
             yield from imap(self.client, fn, self.path, argsets, PER_WORKER * self.workers)
-        elif self._executor is None:
+        elif self.jobs <= 1:
             for args in argsets:
                 yield args, fn(self.store, *args)
         else:
             yield from self._pool_imap(fn, argsets)
 
     def _pool_imap(self, fn, argsets):
-        window = PER_WORKER * self.jobs
-        it = iter(argsets)
+        tasks = iter(argsets)
+        first = next(tasks, None)
+        second = next(tasks, None) if first is not None else None
+        if second is None:   # one task or none: no worker to start for it
+            if first is not None:
+                yield first, fn(self.store, *first)
+            return
+        self._start_workers()
+        tasks = itertools.chain((first, second), tasks)
+        window = PER_WORKER * (self.jobs - 1)
         inflight: dict = {}
         exhausted = False
         while True:
-            while not exhausted and len(inflight) < window:
-                args = next(it, None)
-                if args is None:
-                    exhausted = True
-                    break
-                inflight[self._executor.submit(fn, self.path, *args)] = args
-            if not inflight:
-                return
-            done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
-            for fut in [f for f in inflight if f in done]:   # in the order handed out
+            if self._started.is_set():
+                if self._start_error is not None:
+                    raise self._start_error
+                while not exhausted and len(inflight) < window:
+                    args = next(tasks, None)
+                    if args is None:
+                        exhausted = True
+                        break
+                    inflight[self._executor.submit(fn, self.path, *args)] = args
+            done = [f for f in inflight if f.done()]   # in the order handed out
+            if not done and not exhausted:   # nothing to collect: a task for this process
+                args = next(tasks, None)
+                if args is not None:
+                    yield args, fn(self.store, *args)
+                    continue
+                exhausted = True
+            if not done:
+                if not inflight:
+                    return
+                done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
+            for fut in [f for f in inflight if f in done]:
                 args = inflight.pop(fut)
                 try:
                     result = fut.result()
@@ -222,4 +246,3 @@ class Runner:
                     raise GradstoreError("a worker process died (out of memory, or killed); "
                                          "what was done is kept: run the same command again") from None
                 yield args, result
-

@@ -33,6 +33,13 @@ def write_store(path, ranks=2, steps=3, modules=4, elements=64 * 1024, seed=3, e
     return str(path)
 
 
+def pid_after(source, seconds: float) -> int:
+    """A Runner task: which process ran it, after ``seconds``."""
+    import time
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def gradstore_cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "gradstore", *map(str, args)], capture_output=True,

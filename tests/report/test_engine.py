@@ -217,16 +217,61 @@ def test_cli_resumed_with_nothing_left_to_measure_exits(store, tmp_path):
     assert proc.stdout == gradstore_cli("report", store, "--codec", EG, "--results", res).stdout
 
 
-def test_idle_workers_are_stopped(store):
-    """A pool started before its first task (Runner starts every worker up front)
-    that never gets one has no manager thread to tell its workers to leave:
-    closing it must stop them all the same, or this process waits for them at exit."""
-    import multiprocessing
+def gone(pid: int, seconds: float = 30) -> bool:
+    """True once no process ``pid`` is left (not even a zombie) within ``seconds``."""
+    import os
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_this_process_works_beside_its_workers(store):
+    """-j 2 is this process and one worker: this process takes the first task at
+    once (the worker's server is still starting), then one whenever no finished task
+    waits; every task runs once, and the worker is stopped at the end."""
+    import os
     from gradstore.report.engine import Runner
+    from report_helpers import pid_after
+    argsets = [(0.05, i) for i in range(60)]
+    with gradstore.open(store) as gs, Runner(gs, jobs=2) as runner:
+        ran = list(runner.imap(lambda source, seconds, i: pid_after(source, seconds)
+                               if not isinstance(source, str) else None, argsets[:1]))
+        assert ran == [(argsets[0], os.getpid())]        # one task: no worker started
+        assert runner._executor is None
+        ran = list(runner.imap(pid_after, [a[:1] for a in argsets]))
+    assert sorted(args for args, _ in ran) == sorted(a[:1] for a in argsets)
+    pids = [pid for _, pid in ran]
+    assert pids[0] == os.getpid()
+    workers = set(pids) - {os.getpid()}
+    assert len(workers) == 1, pids                      # 60 x 50 ms: the worker has started
+    assert 0 < pids.count(os.getpid()) < len(pids)
+    assert all(gone(pid) for pid in workers)
+
+
+def test_idle_workers_are_stopped(store):
+    """A worker started but given no task (this process did them all) has no
+    manager thread to tell it to leave: closing the runner must stop it all the
+    same, or this process waits for it at exit."""
+    import multiprocessing
+    import os
+    from gradstore.report.engine import Runner
+    from report_helpers import pid_after
     before = set(multiprocessing.active_children())
     with gradstore.open(store) as gs, Runner(gs, jobs=2) as runner:
+        tasks = runner.imap(pid_after, [(0,), (0,)])
+        assert next(tasks) == ((0,), os.getpid())
+        assert runner._started.wait(120) and runner._start_error is None
         started = [p for p in multiprocessing.active_children() if p not in before]
-        assert len(started) == 2 and runner.workers == 2
+        assert len(started) == 1 and runner.workers == 2
+        tasks.close()              # the second task is never handed out
     for p in started:
         assert not p.is_alive() and p.exitcode is not None
 
