@@ -60,8 +60,9 @@ def add_filters(p: argparse.ArgumentParser) -> None:
 
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
-    """Where the work runs: -j worker processes, or an existing Dask cluster."""
-    p.add_argument("-j", "--jobs", type=count(1), default=1, help="worker processes (default 1)")
+    """Where the work runs: -j processes, or an existing Dask cluster."""
+    p.add_argument("-j", "--jobs", type=count(1), default=1, metavar="N",
+                   help="processes: this one and N - 1 workers (default 1)")
     p.add_argument("--dask", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS "
                    "(e.g. tcp://node:8786); the store must be on a filesystem its workers share")
     p.add_argument("--scheduler-file", metavar="FILE", help="run on the Dask cluster described by "

@@ -24,6 +24,7 @@ from ..errors import GradstoreError
 TASK_BYTES = 64 << 20      # raw bytes per task, at most
 TASK_KEYS = 256            # keys per task, at most
 MIN_TASK_BYTES = 1 << 20
+GUIDE = 4                  # chunks per worker share of what is left (see chunks)
 PER_WORKER = 2             # tasks in flight per worker
 WORKER_MODULE = "gradstore.report.measure"   # what workers run: imported before they start
 WARM_MODULE = "gradstore.report.warm"        # loads the codecs' kernels in the server they fork from
@@ -35,22 +36,31 @@ def chunks(items: Iterable[tuple[str, int, int]], total: int, workers: int,
            ) -> Iterator[tuple[list[str], list[int], int]]:
     """(keys, srcs, bytes) chunks of (key, src, nbytes) items, in order.
 
-    Small enough that every worker gets several (the last ones do not keep
-    the others waiting), never more than ``max_bytes`` or ``max_keys``.
+    Never more than ``max_bytes`` or ``max_keys``, and smaller as the end
+    nears (guided scheduling): a chunk takes at most 1/GUIDE of each
+    worker's share of the bytes still to come, so the last tasks are small
+    and no worker waits long at the end for another's last big one.
     """
-    limit = max(MIN_TASK_BYTES, min(max_bytes, total // (max(1, workers) * 8)))
+    left = total
     keys: list[str] = []
     srcs: list[int] = []
     nbytes = 0
+    limit = _limit(left, workers, max_bytes)
     for key, src, n in items:
         if keys and (nbytes + n > limit or len(keys) >= max_keys):
             yield keys, srcs, nbytes
+            left -= nbytes
+            limit = _limit(left, workers, max_bytes)
             keys, srcs, nbytes = [], [], 0
         keys.append(key)
         srcs.append(src)
         nbytes += n
     if keys:
         yield keys, srcs, nbytes
+
+
+def _limit(left: int, workers: int, max_bytes: int) -> int:
+    return max(MIN_TASK_BYTES, min(max_bytes, left // (max(1, workers) * GUIDE)))
 
 
 class Meter:
@@ -152,11 +162,12 @@ class Runner:
     def __enter__(self) -> "Runner":
         return self
 
-    def _start_workers(self) -> None:
-        """Start the ``jobs`` - 1 workers in a thread: connecting to their server waits
-        until it has imported its preloads, which this process does not wait for.  A
-        Ctrl-C cannot interrupt the thread: a worker interrupted half-started would be
-        no one's to kill, and would print a traceback once this process is gone."""
+    def _start_workers(self, then: Callable[[], None]) -> None:
+        """Start the ``jobs`` - 1 workers in a thread, which then calls ``then`` (hands
+        them their first tasks): connecting to their server waits until it has
+        imported its preloads, which this process does not wait for.  A Ctrl-C
+        cannot interrupt the thread: a worker interrupted half-started would be no
+        one's to kill, and would print a traceback once this process is gone."""
         from ..convert.readers import make_executor
         self._executor = make_executor(self.jobs - 1, (WORKER_MODULE, *self.preload))
         launch = getattr(self._executor, "_launch_processes", None)
@@ -166,6 +177,7 @@ class Runner:
             try:
                 if launch is not None:
                     launch()
+                then()
             except BaseException as exc:   # raised again in imap, in this process
                 self._start_error = exc
             finally:
@@ -212,37 +224,67 @@ class Runner:
             if first is not None:
                 yield first, fn(self.store, *first)
             return
-        self._start_workers()
-        tasks = itertools.chain((first, second), tasks)
-        window = PER_WORKER * (self.jobs - 1)
-        inflight: dict = {}
-        exhausted = False
+        out = Handout(itertools.chain((first, second), tasks), PER_WORKER * (self.jobs - 1),
+                      lambda args: self._executor.submit(fn, self.path, *args))
+        self._start_workers(out.fill)
         while True:
             if self._started.is_set():
                 if self._start_error is not None:
                     raise self._start_error
-                while not exhausted and len(inflight) < window:
-                    args = next(tasks, None)
-                    if args is None:
-                        exhausted = True
-                        break
-                    inflight[self._executor.submit(fn, self.path, *args)] = args
-            done = [f for f in inflight if f.done()]   # in the order handed out
-            if not done and not exhausted:   # nothing to collect: a task for this process
-                args = next(tasks, None)
+                out.fill()
+            done = out.finished()
+            if not done:   # nothing to collect: a task for this process, if any is left
+                args = out.take()
                 if args is not None:
                     yield args, fn(self.store, *args)
                     continue
-                exhausted = True
-            if not done:
+                inflight = out.in_flight()
                 if not inflight:
                     return
-                done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
-            for fut in [f for f in inflight if f in done]:
-                args = inflight.pop(fut)
+                wait(inflight, timeout=0.5, return_when=FIRST_COMPLETED)
+                done = out.finished()
+            for fut, args in done:
                 try:
                     result = fut.result()
                 except BrokenProcessPool:
                     raise GradstoreError("a worker process died (out of memory, or killed); "
                                          "what was done is kept: run the same command again") from None
                 yield args, result
+
+
+class Handout:
+    """The tasks of a pool run, taken by this process one at a time and handed to
+    the workers up to ``window`` in flight, from this process's thread and from
+    the thread that starts the workers (the moment they are up, not once this
+    process is done with its task): under a lock."""
+
+    def __init__(self, tasks: Iterator[tuple], window: int, submit: Callable):
+        self.tasks = tasks
+        self.window = window
+        self.submit = submit
+        self.inflight: dict = {}       # future -> its args, in the order handed out
+        self.lock = threading.Lock()
+
+    def take(self) -> tuple | None:
+        with self.lock:
+            return next(self.tasks, None)
+
+    def fill(self) -> None:
+        with self.lock:
+            while len(self.inflight) < self.window:
+                args = next(self.tasks, None)
+                if args is None:
+                    return
+                self.inflight[self.submit(args)] = args
+
+    def in_flight(self) -> list:
+        with self.lock:
+            return list(self.inflight)
+
+    def finished(self) -> list[tuple]:
+        """(future, args) of the tasks done, in the order handed out; no longer in flight."""
+        with self.lock:
+            done = [(f, a) for f, a in self.inflight.items() if f.done()]
+            for f, _ in done:
+                del self.inflight[f]
+            return done

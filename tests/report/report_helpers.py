@@ -40,6 +40,13 @@ def pid_after(source, seconds: float) -> int:
     return os.getpid()
 
 
+def pid_and_end(source, seconds: float) -> tuple[int, float]:
+    """A Runner task: which process ran it, and when it ended (time.monotonic)."""
+    import time
+    time.sleep(seconds)
+    return os.getpid(), time.monotonic()
+
+
 def gradstore_cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "gradstore", *map(str, args)], capture_output=True,

@@ -144,6 +144,24 @@ def test_chunks_are_bounded_and_keep_order():
         assert srcs == [int(k[1:]) for k in ks]
 
 
+def test_chunks_shrink_towards_the_end():
+    """Guided: a chunk takes at most 1/GUIDE of a worker's share of what is left, so
+    the first are the largest allowed and the last are a single MiB: no worker waits
+    long at the end for another's last big task."""
+    from gradstore.report.engine import GUIDE, MIN_TASK_BYTES
+    items = [(f"k{i}", i, MIB // 2) for i in range(2000)]          # 1000 MiB in 512 KiB keys
+    total = sum(n for *_, n in items)
+    out = list(chunks(items, total, workers=2, max_bytes=64 * MIB))
+    assert [k for ks, _, _ in out for k in ks] == [k for k, *_ in items]
+    sizes = [n for *_, n in out]
+    assert sizes[0] == 64 * MIB and sizes[-2] == MIN_TASK_BYTES and sizes[-1] <= MIN_TASK_BYTES
+    left = total
+    for n in sizes:
+        assert n <= max(MIN_TASK_BYTES, left // (2 * GUIDE))
+        left -= n
+    assert sizes == sorted(sizes, reverse=True)
+
+
 def test_exact_sums_do_not_depend_on_order():
     rng = random.Random(5)
     xs = [rng.uniform(-1, 1) * 10 ** rng.randint(-12, 12) for _ in range(500)]
@@ -254,6 +272,20 @@ def test_this_process_works_beside_its_workers(store):
     assert len(workers) == 1, pids                      # 60 x 50 ms: the worker has started
     assert 0 < pids.count(os.getpid()) < len(pids)
     assert all(gone(pid) for pid in workers)
+
+
+def test_workers_get_tasks_the_moment_they_are_up(store):
+    """The thread that starts the workers hands them their first tasks: they do not
+    wait for this process to finish the task it took meanwhile."""
+    import os
+    from gradstore.report.engine import Runner
+    from report_helpers import pid_and_end
+    with gradstore.open(store) as gs, Runner(gs, jobs=2) as runner:
+        ran = list(runner.imap(pid_and_end, [(8.0,)] + [(0.01,)] * 20))
+    long = [(pid, end) for (seconds,), (pid, end) in ran if seconds == 8.0]
+    assert len(ran) == 21 and long[0][0] == os.getpid()       # this process took the first task
+    worker_ends = [end for _, (pid, end) in ran if pid != os.getpid()]
+    assert worker_ends and min(worker_ends) < long[0][1]
 
 
 def test_idle_workers_are_stopped(store):
