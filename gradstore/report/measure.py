@@ -18,7 +18,9 @@ from ..errors import NotEncodableError
 from ..variants import codec_of, record_bytes, trial, variant_meta
 from .result import KeyResult
 
-AROUND = max(64 << 10, mmap.PAGESIZE)   # a page fault maps the cached pages around it, up to 64 KiB
+# A page fault maps the cached pages around it: the kernel's fault-around (64 KiB), or
+# the whole of a large folio, naturally aligned and at most a PMD's size (2 MiB on 4 KiB pages)
+AROUND = mmap.PAGESIZE * (mmap.PAGESIZE // 8)
 _local = threading.local()   # Dask may run several tasks in threads of one process
 
 
@@ -56,10 +58,11 @@ def release(store, e) -> None:
     """Drop this process's pages of ``e``'s payload: they stay in the page cache, but no
     longer count in this process's memory, which would otherwise grow to the store's size.
 
-    The range is widened to whole AROUND blocks: reading a payload's first page
-    also mapped the cached pages around it (the kernel's fault-around), the end
-    of the record before among them, which no later release would cover.  Any
-    of those pages still in use is simply mapped again when next read."""
+    The range is widened to whole AROUND blocks: reading a payload also mapped
+    the cached pages around it (fault-around, or the rest of a large folio:
+    freshly written files are cached in folios of up to 2 MiB), the end of the
+    record before among them, which no later release would cover.  Any of
+    those pages still in use is simply mapped again when next read."""
     advice = getattr(mmap, "MADV_DONTNEED", None)
     if advice is None:
         return
