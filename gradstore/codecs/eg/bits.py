@@ -168,15 +168,6 @@ def sizes_by_order(classes):
 
 
 @njit
-def codewords(v, signed, negative, k, codes):
-    """Fill ``codes`` with each symbol's codeword as (low 64 bits, high bits << 8 | length)."""
-    for i in range(v.size):
-        hi, lo, length = eg_code(v[i], k, signed[i], negative[i])
-        codes[i, 0] = lo
-        codes[i, 1] = (hi << np.uint64(8)) | np.uint64(length)
-
-
-@njit
 def code_bits(q, k, sign):
     """Total length of the codewords of the quantized values q in sign mode ``sign``, order k."""
     total = 0
@@ -200,21 +191,6 @@ def group_sorted(v, counts):
         sums[m] += counts[i]
         group[i] = m
     return unique[:m + 1], sums[:m + 1], group
-
-
-@njit
-def fill_table(keys, codes, lens, lo, table_codes, table_lens):
-    """Put the codewords of the values ``keys`` that fall in the table (at 1 + key - lo,
-    sentinels at both ends) into it; returns where the others are."""
-    rest = np.zeros(keys.size, dtype=np.bool_)
-    for i in range(keys.size):
-        j = keys[i] - lo + 1
-        if 1 <= j < table_lens.size - 1:
-            table_codes[j] = codes[i]
-            table_lens[j] = lens[i]
-        else:
-            rest[i] = True
-    return rest
 
 
 @njit

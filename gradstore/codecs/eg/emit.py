@@ -3,7 +3,7 @@
 Codewords come in two tables that plan makes, ``codes`` (uint64) and
 ``lens`` (uint8): a length of 1..56 is the code itself, and a length above
 PAIR a marker: LONG, the code is a row of ``long_codes`` (as made by
-bits.codewords); ZERO, a zero in run mode, which has no code of its own;
+plan.pack_codes); ZERO, a zero in run mode, which has no code of its own;
 OUT, a sentinel of a table (kernels): the value is outside, the slow
 path looks it up.  In run mode a code of 1..56 bits starts with the code of
 a run of no zeros, the usual case in dense data (see with_run).  Two
@@ -74,7 +74,7 @@ def put_code(out, pos, acc, nacc, code, length, long_codes):
 
 @njit
 def with_run(code, length, run, k_run):
-    """Run mode, one element's code (see plan._pack): (action, code, length, run).
+    """Run mode, one element's code (see plan.pack_codes): (action, code, length, run).
 
     Action 0: a zero, the run grows and nothing is appended; 1: append the
     code as it is, starting with its run of no zeros; 2: append the run's

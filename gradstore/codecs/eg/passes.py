@@ -30,8 +30,7 @@ from ...errors import CodecError, NotEncodableError
 from . import kernels as K
 from . import write as W
 from .bits import add_classes, code_bits
-from .emit import ZERO
-from .plan import Histogram, Plan, codes_of, fixed_codes, group_for, merge_counts, window_codes
+from .plan import Histogram, Plan, fixed_codes, group_for, merge_counts, pattern_table, window_codes
 
 CHUNK = 1 << 20           # elements per kernel call: bounds every buffer (outliers: 16 MB)
 WINDOW = 1 << 20          # widest value range counted by direct indexing
@@ -125,6 +124,9 @@ class Source:
             bad = np.flatnonzero(self.present & ~self.valid)
             raise NotEncodableError(self.why(int(np.flatnonzero(np.isin(self._bits(), bad))[0])))
         found = np.flatnonzero(summed)
+        # the values the plan will code, as indices into keys: its codes come in their order
+        self.coded = found if run_classes is None else found[keys[found] != 0]
+        self.key_of = inverse
         return Histogram(keys[found], summed[found])
 
     def _count_values(self, run_classes: np.ndarray | None, fixed: tuple | None,
@@ -175,8 +177,7 @@ class Source:
             W.write_eg_values(plan.table_deltas, plan.k_table, True, body, state)
         k_run = plan.k_run if runs else None
         if self.by_pattern:
-            codes, lens = np.zeros(self.values.size, np.uint64), np.full(self.values.size, ZERO, np.uint8)
-            codes[self.present], lens[self.present] = codes_of(plan, self.values[self.present])
+            codes, lens = pattern_table(plan, self.key_of, self.present, self.coded)
             for _, chunk in self.chunks():
                 W.write_patterns(chunk, codes, lens, plan.long_codes, k_run, 0, plan.group, body, state)
         else:

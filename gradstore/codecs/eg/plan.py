@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bits import (KMAX, SIGN_BIT, SIGN_ZIGZAG, add_classes, codewords, counted_values, fill_table,
+from .bits import (KMAX, SIGN_BIT, SIGN_ZIGZAG, U1, add_classes, counted_values, eg_class, eg_code,
                    group_sorted, njit, sizes_by_order, symbol_code)
 from .emit import LONG, OUT, PAIR, ZERO
 from ..stats import entropy_bits
@@ -94,46 +94,78 @@ def best_order(classes: np.ndarray, kmax: int = KMAX) -> tuple[int, int]:
     return k, int(sizes[k])
 
 
-def classes_of(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    classes = np.zeros((65, 65), dtype=np.int64)
-    add_classes(classes, values.astype(np.uint64), counts.astype(np.int64))
-    return classes
+@njit
+def coded_symbols(keys, counts, sign, runs):
+    """(keys, v, signed, negative, weights, signed weight) of the values coded (in run
+    mode the zeros are not: they are runs): v is what EG codes, then the sign bit if
+    ``signed``; v shifts down by one in run mode, where a value is never 0."""
+    n = keys.size
+    if runs:
+        n -= np.count_nonzero(keys == 0)
+    ckeys = np.empty(n, dtype=np.int64)
+    v = np.empty(n, dtype=np.uint64)
+    signed = np.empty(n, dtype=np.bool_)
+    negative = np.empty(n, dtype=np.bool_)
+    weights = np.empty(n, dtype=np.int64)
+    signed_weight = 0
+    m = 0
+    for i in range(keys.size):
+        q = np.int64(keys[i])
+        if runs and q == 0:
+            continue
+        if sign == SIGN_ZIGZAG:
+            s = np.uint64((q << 1) ^ (q >> 63))
+            sg = False
+        else:
+            s = np.uint64(abs(q))
+            sg = sign == SIGN_BIT or runs or q != 0
+        if runs:
+            s -= U1
+        ckeys[m], v[m], signed[m], negative[m], weights[m] = q, s, sg, q < 0, counts[i]
+        if sg:
+            signed_weight += counts[i]
+        m += 1
+    return ckeys, v, signed, negative, weights, signed_weight
 
 
-def symbols(keys: np.ndarray, sign: int, runs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(v, signed, negative) for each quantized value: what EG codes, and the sign bit."""
-    if sign == SIGN_ZIGZAG:
-        v = ((keys << 1) ^ (keys >> 63)).astype(np.uint64)
-        signed = np.zeros(keys.size, dtype=np.bool_)
-    else:
-        v = np.abs(keys).astype(np.uint64)
-        signed = np.ones(keys.size, dtype=np.bool_) if sign == SIGN_BIT or runs else keys != 0
-    if runs:  # zeros are coded as runs, so values are never 0 and shift down by one
-        v = v - np.uint64(1)
-    return v, signed, keys < 0
-
-
-def rank_table(v: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The symbols by descending frequency (ties: smaller first) and each v's rank.
-
-    np.unique with inverse and np.lexsort take several times as long: v
-    comes in at most a few ascending runs, which a stable argsort merges,
-    and the order by frequency is one sort of (frequency, position) keys.
-    """
+@njit
+def ranked(v, weights):
+    """Rank remap: (table, ranks, deltas, k_table, table_bits).  The table holds the
+    symbols by descending frequency (ties: smaller first), each v becomes its rank,
+    and the table is written as EG-k_table deltas with a sign bit for the non-zero."""
     if v.size == 0:
-        return v, v
-    by_value = np.argsort(v, kind="stable")
-    unique, freq, group = group_sorted(v[by_value], counts[by_value].astype(np.uint64))
+        return v, v, np.zeros(0, dtype=np.int64), 0, 0
+    by_value = np.argsort(v, kind="mergesort")
+    unique, freq, group = group_sorted(v[by_value], weights[by_value].astype(np.uint64))
     inverse = np.empty(v.size, dtype=np.intp)
     inverse[by_value] = group
-    if freq.max() < 1 << 32 and unique.size < 1 << 32:
-        keys = ((freq.max() - freq) << np.uint64(32)) | np.arange(unique.size, dtype=np.uint64)
-        order = (np.sort(keys) & np.uint64(0xFFFFFFFF)).astype(np.intp)
-    else:
-        order = np.lexsort((unique, -freq.astype(np.float64)))
+    order = np.argsort(freq.max() - freq, kind="mergesort")     # stable: ties by value
     rank = np.empty(unique.size, dtype=np.uint64)
-    rank[order] = np.arange(unique.size, dtype=np.uint64)
-    return unique[order], rank[inverse]
+    for r in range(order.size):
+        rank[order[r]] = r
+    table = unique[order]
+    deltas = np.empty(table.size, dtype=np.int64)
+    classes = np.zeros((65, 65), dtype=np.int64)
+    prev = np.int64(0)
+    nonzero = 0
+    for i in range(table.size):
+        d = np.int64(table[i]) - prev
+        prev = np.int64(table[i])
+        deltas[i] = d
+        b, ones = eg_class(np.uint64(abs(d)))
+        classes[b, ones] += 1
+        nonzero += d != 0
+    sizes = sizes_by_order(classes)
+    k_table = np.argmin(sizes)
+    return table, rank[inverse], deltas, k_table, sizes[k_table] + nonzero
+
+
+@njit
+def value_sizes(v, weights):
+    """Bits of the symbols v, occurring ``weights`` times, at each order k (signs not included)."""
+    classes = np.zeros((65, 65), dtype=np.int64)
+    add_classes(classes, v, weights)
+    return sizes_by_order(classes)
 
 
 def fixed_plan(hist: Histogram, *, k: int, sign: int) -> Plan:
@@ -145,43 +177,37 @@ def make_plan(hist: Histogram, *, k: int | str, sign: int, remap: bool, runs: bo
               codes: bool = True) -> Plan:
     """Choose orders and codewords (unless not ``codes``) for a histogram; all sizes exact."""
     keys, counts = hist.keys, hist.counts
-    coded = keys != 0 if runs else np.ones(keys.size, dtype=np.bool_)
-    v, signed, negative = symbols(keys[coded], sign, runs)
-    weights = counts[coded]
-
-    table = np.zeros(0, dtype=np.uint64)
-    deltas = np.zeros(0, dtype=np.int64)
+    ckeys, v, signed, negative, weights, signed_weight = coded_symbols(keys, counts, sign, runs)
+    table, deltas = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     k_table = table_bits = 0
     if remap:
-        table, v = rank_table(v, weights)
-        deltas = np.diff(table.astype(np.int64), prepend=np.int64(0))
-        if deltas.size:
-            k_table, table_bits = best_order(classes_of(np.abs(deltas), np.ones_like(deltas)))
-            table_bits += int(np.count_nonzero(deltas))
-
-    sizes = sizes_by_order(classes_of(v, weights))
+        table, v, deltas, k_table, table_bits = ranked(v, weights)
+    sizes = value_sizes(v, weights)
     if k == "auto":
         k = int(np.argmin(sizes)) if weights.size else 0
-    value_bits = int(sizes[k]) + int(weights[signed].sum())
+    value_bits = int(sizes[k]) + int(signed_weight)
 
     k_run, run_bits = best_order(hist.run_classes) if runs else (0, 0)
 
+    lut_lo = hist.window[0]
     if codes:
-        *packed, long_codes = _pack(v, signed, negative, k, k_run if runs else None)
-        lut_lo, lut, out_keys, out = _lookup_tables(keys[coded], *packed, *hist.window)
+        lut_codes, lut_lens, out_keys, out_codes, out_lens, long_codes = \
+            code_tables(ckeys, v, signed, negative, k, k_run if runs else -1, *hist.window)
     else:  # the writer makes its own codewords
         lut_lo, out_keys, long_codes = 0, keys[:0], np.zeros((0, 2), dtype=np.uint64)
-        lut = out = (np.zeros(0, np.uint64), np.zeros(0, np.uint8))
-    return Plan(k=k, k_run=k_run, k_table=k_table, table=table, table_deltas=deltas,
-                table_bits=table_bits, value_bits=value_bits, run_bits=run_bits,
-                lut_lo=lut_lo, lut_codes=lut[0], lut_lens=lut[1], out_keys=out_keys, out_codes=out[0],
-                out_lens=out[1], long_codes=long_codes, entropy_bits=entropy_bits(counts),
+        lut_codes = out_codes = np.zeros(0, np.uint64)
+        lut_lens = out_lens = np.zeros(0, np.uint8)
+    return Plan(k=k, k_run=k_run, k_table=int(k_table), table=table, table_deltas=deltas,
+                table_bits=int(table_bits), value_bits=value_bits, run_bits=run_bits,
+                lut_lo=lut_lo, lut_codes=lut_codes, lut_lens=lut_lens, out_keys=out_keys, out_codes=out_codes,
+                out_lens=out_lens, long_codes=long_codes, entropy_bits=entropy_bits(counts),
                 nsymbols=int(counts.sum()), scattered=runs and 2 * int(hist.run_classes[1:].sum()) > weights.sum())
 
 
 def fixed_codes(values: np.ndarray, k: int, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Codewords (as _pack) of quantized ``values`` for a fixed k, no remap, no runs."""
-    return _pack(*symbols(values, sign, False), k)
+    """Codewords (as pack_codes) of quantized ``values`` for a fixed k, no remap, no runs."""
+    _, v, signed, negative, _, _ = coded_symbols(values, values, sign, False)
+    return pack_codes(v, signed, negative, k, -1)
 
 
 def window_codes(lo: int, width: int, k: int, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -221,53 +247,82 @@ def with_sentinels(codes: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.
     return table_codes, table_lens
 
 
-def _pack(v: np.ndarray, signed: np.ndarray, negative: np.ndarray, k: int,
-          k_run: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@njit
+def pack_codes(v, signed, negative, k, k_run):
     """The codewords of symbols v as emit takes them: (codes, lengths, long codes).
 
     Codewords over 56 bits do not fit a code: they get length LONG and the
-    index of their row in the long codes instead.  A zero in run mode, which
-    has no codeword of its own, has none here either: tables give it ZERO.
-    In run mode (a ``k_run``) each code starts with the code of a run of no
-    zeros, 1 << k_run in k_run + 1 bits, the usual case in dense data; the
-    long codes do not, nor do the codes they would take over 56 bits.
+    index of their row in the long codes instead (low 64 bits, high bits << 8
+    | length).  A zero in run mode, which has no codeword of its own, has
+    none here either: tables give it ZERO.  In run mode (``k_run`` >= 0) each
+    code starts with the code of a run of no zeros, 1 << k_run in k_run + 1
+    bits, the usual case in dense data; the long codes do not, nor do the
+    codes they would take over 56 bits.
     """
-    codes = np.zeros((v.size, 2), dtype=np.uint64)
-    codewords(v, signed, negative, k, codes)
-    length = codes[:, 1] & np.uint64(255)
-    lo = codes[:, 0].copy()
-    if k_run is None:
-        long = length > PAIR
-    else:
-        long = length + np.uint64(k_run + 1) > PAIR
-        lo[~long] |= np.uint64(1 << k_run) << length[~long]
-        length = length + np.uint64(k_run + 1)
-    lo[long] = np.arange(np.count_nonzero(long), dtype=np.uint64)
-    length[long] = LONG
-    return lo, length.astype(np.uint8), np.ascontiguousarray(codes[long])
+    n = v.size
+    codes = np.empty(n, dtype=np.uint64)
+    lens = np.empty(n, dtype=np.uint8)
+    long_codes = np.empty((n, 2), dtype=np.uint64)
+    extra = k_run + 1 if k_run >= 0 else 0
+    nlong = 0
+    for i in range(n):
+        hi, code, length = eg_code(v[i], k, signed[i], negative[i])
+        if length + extra > PAIR:
+            long_codes[nlong, 0] = code
+            long_codes[nlong, 1] = (hi << np.uint64(8)) | np.uint64(length)
+            codes[i] = nlong
+            lens[i] = LONG
+            nlong += 1
+        else:
+            if k_run >= 0:
+                code |= (U1 << np.uint64(k_run)) << np.uint64(length)
+            codes[i] = code
+            lens[i] = length + extra
+    return codes, lens, long_codes[:nlong].copy()
 
 
-def codes_of(plan: Plan, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The codewords of quantized ``values`` (ZERO for a value without one)."""
-    codes = np.zeros(values.size, dtype=np.uint64)
-    lens = np.full(values.size, ZERO, dtype=np.uint8)
-    inside = (values >= plan.lut_lo) & (values < plan.lut_lo + plan.lut_lens.size - 2)
-    codes[inside] = plan.lut_codes[values[inside] - plan.lut_lo + 1]
-    lens[inside] = plan.lut_lens[values[inside] - plan.lut_lo + 1]
-    rest = values[~inside]
-    at = np.minimum(np.searchsorted(plan.out_keys, rest), max(plan.out_keys.size - 1, 0))
-    found = plan.out_keys[at] == rest if plan.out_keys.size else np.zeros(rest.size, np.bool_)
-    codes[np.flatnonzero(~inside)[found]] = plan.out_codes[at[found]]
-    lens[np.flatnonzero(~inside)[found]] = plan.out_lens[at[found]]
+@njit
+def code_tables(keys, v, signed, negative, k, k_run, lo, width):
+    """The codewords of the values ``keys`` (symbols v), as pack_codes makes them, split
+    into a direct table over the scan's window of values lo .. lo + width - 1 (with
+    sentinels, see kernels; ZERO where no value is) and a sorted rest: (lut_codes,
+    lut_lens, rest keys, rest codes, rest lens, long codes).  The writer then uses
+    the scan's table indices as they are (see passes.KeyCache)."""
+    codes, lens, long_codes = pack_codes(v, signed, negative, k, k_run)
+    lut_codes = np.zeros(width + 2, dtype=np.uint64)
+    lut_lens = np.full(width + 2, ZERO, dtype=np.uint8)
+    lut_lens[0] = lut_lens[width + 1] = OUT
+    rest = np.zeros(keys.size, dtype=np.bool_)
+    for i in range(keys.size):
+        j = keys[i] - lo
+        if 0 <= j < width:
+            lut_codes[j + 1] = codes[i]
+            lut_lens[j + 1] = lens[i]
+        else:
+            rest[i] = True
+    return lut_codes, lut_lens, keys[rest], codes[rest], lens[rest], long_codes
+
+
+def pattern_table(plan: Plan, key_of: np.ndarray, present: np.ndarray, coded: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The codeword of each bit pattern (ZERO for one absent, or without a code), from a
+    plan of pattern values: pattern p has the value keys[key_of[p]], and the plan
+    coded the values keys[coded], in that order, all outside its direct table (its
+    window is empty), so its rest codes are theirs."""
+    if plan.out_keys.size != coded.size:     # a bug, never the data
+        raise AssertionError(f"eg: a plan of {plan.out_keys.size} pattern values for {coded.size}")
+    codes = np.empty(key_of.size, dtype=np.uint64)
+    lens = np.empty(key_of.size, dtype=np.uint8)
+    fill_pattern_table(key_of, present, coded, plan.out_codes, plan.out_lens, codes, lens)
     return codes, lens
 
 
-def _lookup_tables(keys: np.ndarray, codes: np.ndarray, lens: np.ndarray, lo: int, width: int) -> tuple:
-    """Split codewords into a direct table over the scan's window of values lo .. lo +
-    width - 1 (with sentinels, see kernels; ZERO where no value is) and a sorted
-    rest: (lo, (codes, lens), rest keys, (codes, lens)).  The writer then uses the
-    scan's table indices as they are (see passes.KeyCache)."""
-    lut_codes, lut_lens = np.zeros(width + 2, dtype=np.uint64), np.full(width + 2, ZERO, dtype=np.uint8)
-    lut_lens[[0, -1]] = OUT
-    rest = fill_table(keys, codes, lens, lo, lut_codes, lut_lens)
-    return lo, (lut_codes, lut_lens), keys[rest], (codes[rest], lens[rest])
+@njit
+def fill_pattern_table(key_of, present, coded, key_codes, key_lens, codes, lens):
+    at = np.full(key_of.size + 1, -1, dtype=np.int64)     # position among the coded values
+    for i in range(coded.size):
+        at[coded[i]] = i
+    for p in range(key_of.size):
+        i = at[key_of[p]] if present[p] else -1
+        codes[p] = key_codes[i] if i >= 0 else 0
+        lens[p] = key_lens[i] if i >= 0 else ZERO
