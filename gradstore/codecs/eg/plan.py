@@ -129,13 +129,13 @@ def coded_symbols(keys, counts, sign, runs):
 
 
 @njit
-def ranked(v, weights):
+def ranked(v, weights, by_value):
     """Rank remap: (table, ranks, deltas, k_table, table_bits).  The table holds the
     symbols by descending frequency (ties: smaller first), each v becomes its rank,
-    and the table is written as EG-k_table deltas with a sign bit for the non-zero."""
+    and the table is written as EG-k_table deltas with a sign bit for the non-zero.
+    ``by_value``: v's stable argsort."""
     if v.size == 0:
         return v, v, np.zeros(0, dtype=np.int64), 0, 0
-    by_value = np.argsort(v, kind="mergesort")
     unique, freq, group = group_sorted(v[by_value], weights[by_value].astype(np.uint64))
     inverse = np.empty(v.size, dtype=np.intp)
     inverse[by_value] = group
@@ -181,7 +181,8 @@ def make_plan(hist: Histogram, *, k: int | str, sign: int, remap: bool, runs: bo
     table, deltas = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     k_table = table_bits = 0
     if remap:
-        table, v, deltas, k_table, table_bits = ranked(v, weights)
+        # (numpy's stable argsort merges the few ascending runs v comes in; numba's sorts it all)
+        table, v, deltas, k_table, table_bits = ranked(v, weights, np.argsort(v, kind="stable"))
     sizes = value_sizes(v, weights)
     if k == "auto":
         k = int(np.argmin(sizes)) if weights.size else 0
@@ -189,10 +190,12 @@ def make_plan(hist: Histogram, *, k: int | str, sign: int, remap: bool, runs: bo
 
     k_run, run_bits = best_order(hist.run_classes) if runs else (0, 0)
 
-    lut_lo = hist.window[0]
-    if codes:
-        lut_codes, lut_lens, out_keys, out_codes, out_lens, long_codes = \
-            code_tables(ckeys, v, signed, negative, k, k_run if runs else -1, *hist.window)
+    lut_lo, width = hist.window
+    if codes:   # (numpy's zeros come from calloc: the pages of a wide window no value falls in stay untouched)
+        lut_codes, lut_lens = np.zeros(width + 2, dtype=np.uint64), np.full(width + 2, ZERO, dtype=np.uint8)
+        lut_lens[[0, -1]] = OUT
+        out_keys, out_codes, out_lens, long_codes = \
+            code_tables(ckeys, v, signed, negative, k, k_run if runs else -1, lut_lo, lut_codes, lut_lens)
     else:  # the writer makes its own codewords
         lut_lo, out_keys, long_codes = 0, keys[:0], np.zeros((0, 2), dtype=np.uint64)
         lut_codes = out_codes = np.zeros(0, np.uint64)
@@ -282,16 +285,14 @@ def pack_codes(v, signed, negative, k, k_run):
 
 
 @njit
-def code_tables(keys, v, signed, negative, k, k_run, lo, width):
+def code_tables(keys, v, signed, negative, k, k_run, lo, lut_codes, lut_lens):
     """The codewords of the values ``keys`` (symbols v), as pack_codes makes them, split
-    into a direct table over the scan's window of values lo .. lo + width - 1 (with
-    sentinels, see kernels; ZERO where no value is) and a sorted rest: (lut_codes,
-    lut_lens, rest keys, rest codes, rest lens, long codes).  The writer then uses
-    the scan's table indices as they are (see passes.KeyCache)."""
+    into the direct table ``lut_codes``/``lut_lens`` over the scan's window of values
+    lo, lo + 1, ... (with sentinels, see kernels; left ZERO where no value is) and a
+    sorted rest: (rest keys, rest codes, rest lens, long codes).  The writer then
+    uses the scan's table indices as they are (see passes.KeyCache)."""
     codes, lens, long_codes = pack_codes(v, signed, negative, k, k_run)
-    lut_codes = np.zeros(width + 2, dtype=np.uint64)
-    lut_lens = np.full(width + 2, ZERO, dtype=np.uint8)
-    lut_lens[0] = lut_lens[width + 1] = OUT
+    width = lut_lens.size - 2
     rest = np.zeros(keys.size, dtype=np.bool_)
     for i in range(keys.size):
         j = keys[i] - lo
@@ -300,7 +301,7 @@ def code_tables(keys, v, signed, negative, k, k_run, lo, width):
             lut_lens[j + 1] = lens[i]
         else:
             rest[i] = True
-    return lut_codes, lut_lens, keys[rest], codes[rest], lens[rest], long_codes
+    return keys[rest], codes[rest], lens[rest], long_codes
 
 
 def pattern_table(plan: Plan, key_of: np.ndarray, present: np.ndarray, coded: np.ndarray
