@@ -212,7 +212,7 @@ class Runner:
             yield from imap(self.client, fn, self.path, argsets, PER_WORKER * self.workers)
         elif self.jobs <= 1:
             for args in argsets:
-                yield args, fn(self.store, *args)
+                yield args, run_here(fn, self.store, args)
         else:
             yield from self._pool_imap(fn, argsets)
 
@@ -222,7 +222,7 @@ class Runner:
         second = next(tasks, None) if first is not None else None
         if second is None:   # one task or none: no worker to start for it
             if first is not None:
-                yield first, fn(self.store, *first)
+                yield first, run_here(fn, self.store, first)
             return
         out = Handout(itertools.chain((first, second), tasks), PER_WORKER * (self.jobs - 1),
                       lambda args: self._executor.submit(fn, self.path, *args))
@@ -236,7 +236,7 @@ class Runner:
             if not done:   # nothing to collect: a task for this process, if any is left
                 args = out.take()
                 if args is not None:
-                    yield args, fn(self.store, *args)
+                    yield args, run_here(fn, self.store, args)
                     continue
                 inflight = out.in_flight()
                 if not inflight:
@@ -250,6 +250,22 @@ class Runner:
                     raise GradstoreError("a worker process died (out of memory, or killed); "
                                          "what was done is kept: run the same command again") from None
                 yield args, result
+
+
+def run_here(fn: Callable, store, args: tuple):
+    """fn(store, *args) in this process.  A Ctrl-C that lands while numba compiles or
+    loads a kernel (Python code run from inside the dispatcher's call) comes out of
+    the call as a SystemError caused by the KeyboardInterrupt: it is raised as the
+    KeyboardInterrupt it is, so that the command stops as on any other Ctrl-C."""
+    try:
+        return fn(store, *args)
+    except SystemError as exc:
+        cause = exc.__cause__ or exc.__context__
+        while cause is not None and not isinstance(cause, KeyboardInterrupt):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise KeyboardInterrupt from None
 
 
 class Handout:

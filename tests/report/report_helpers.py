@@ -47,6 +47,14 @@ def pid_and_end(source, seconds: float) -> tuple[int, float]:
     return os.getpid(), time.monotonic()
 
 
+def interrupted_in_a_kernel(source, *args):
+    """A Runner task hit by a Ctrl-C while numba loads a kernel: what the dispatcher raises."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as exc:
+        raise SystemError("CPUDispatcher(<function f>) returned a result with an exception set") from exc
+
+
 def gradstore_cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "gradstore", *map(str, args)], capture_output=True,

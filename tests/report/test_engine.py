@@ -288,6 +288,23 @@ def test_workers_get_tasks_the_moment_they_are_up(store):
     assert worker_ends and min(worker_ends) < long[0][1]
 
 
+@pytest.mark.parametrize("jobs,tasks", [(1, 3), (2, 1), (2, 3)])
+def test_a_ctrl_c_inside_a_kernel_call_is_a_ctrl_c(store, jobs, tasks):
+    """numba turns a KeyboardInterrupt raised while it compiles or loads a kernel into a
+    SystemError; a task run in this process raises it as the KeyboardInterrupt (the CLI
+    then stops with exit 130 and its one line), and any other SystemError as it is."""
+    from gradstore.report.engine import Runner
+    from report_helpers import interrupted_in_a_kernel
+    with gradstore.open(store) as gs:
+        with pytest.raises(KeyboardInterrupt), Runner(gs, jobs=jobs) as runner:
+            list(runner.imap(interrupted_in_a_kernel, [(i,) for i in range(tasks)]))
+
+        def other(source, i):
+            raise SystemError("not an interrupt")
+        with pytest.raises(SystemError, match="not an interrupt"), Runner(gs, jobs=1) as runner:
+            list(runner.imap(other, [(0,)]))
+
+
 def test_idle_workers_are_stopped(store):
     """A worker started but given no task (this process did them all) has no
     manager thread to tell it to leave: closing the runner must stop it all the
