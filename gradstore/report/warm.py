@@ -42,6 +42,12 @@ def warm(specs, dtypes) -> None:
     """One trial of each codec spec on a sample of each dtype name; errors ignored."""
     from ..dtypes import to_numpy
     from ..variants import codec_of, trial
+    if specs and dtypes:   # the command's own process says it, compiling the same kernels for its first task
+        try:
+            from ..codecs.eg.notice import NOTICE
+            NOTICE.shown = True
+        except ImportError:
+            pass
     parent = os.getppid()
     for name in dtypes:
         try:

@@ -38,6 +38,23 @@ def test_importing_warm_loads_the_kernels_the_plan_names(warmed):
     assert proc.stdout == f"{warmed}\n"
 
 
+@pytest.mark.parametrize("warmed", [True, False])
+def test_the_server_leaves_the_compile_notice_to_the_command(warmed):
+    """On a cold kernel cache the command's own process compiles for its first task
+    and says so: the server warming up beside it keeps quiet (one line, not two)."""
+    env = dict(os.environ)
+    env.pop(WARM_ENV, None)
+    if warmed:
+        env[WARM_ENV] = plan(["eg:k=0,scale=1e6,sign=bit"], ["float32"])
+    proc = python("""
+        import gradstore.report.warm
+        from gradstore.codecs.eg.notice import NOTICE
+        print(NOTICE.shown)
+    """, env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout == f"{warmed}\n"
+
+
 @pytest.mark.parametrize("value", ["not json", '{"specs": ["nope:x=1", "fpx"], "dtypes": ["int4x", "float32"]}',
                                    '{"specs": 3}', '[]'])
 def test_a_plan_it_cannot_follow_never_fails(value):
