@@ -40,6 +40,22 @@ def human_bytes(n: float) -> str:
 EXIT_INTERRUPTED = 130
 _WAKE = getattr(signal, "SIGURG", None)   # ignored by default, so harmless wherever it lands
 _forwarding: "_Forwarder | None" = None
+_requested = threading.Event()            # a Ctrl-C reached the command now running
+
+
+def interrupt_requested() -> bool:
+    """True once a Ctrl-C has reached the command running (under exit_on_interrupt).
+
+    A KeyboardInterrupt raised inside a C library's call back into Python
+    (numba compiling a kernel: llvmlite's callbacks, the dispatcher) may be
+    swallowed there, or come out as another error; this says it was a Ctrl-C."""
+    return _requested.is_set()
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """A Ctrl-C that landed in a callback Python cannot raise from is no error to show."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 class _Forwarder:
@@ -72,6 +88,7 @@ class _Forwarder:
         while True:
             signal.sigwait({signal.SIGINT})
             if self.active:
+                _requested.set()
                 _thread.interrupt_main(signal.SIGINT)
                 signal.pthread_kill(main, _WAKE)
 
@@ -90,7 +107,10 @@ def exit_on_interrupt(prog: str, run: Callable[[], int], *, leaving: bool = True
     """
     global _forwarding
     outermost = _forwarding is None
+    hook = sys.unraisablehook
     if outermost and _WAKE is not None and threading.current_thread() is threading.main_thread():
+        _requested.clear()
+        sys.unraisablehook = _quiet_unraisable
         _forwarding = _Forwarder()
     try:
         return run()
@@ -108,4 +128,5 @@ def exit_on_interrupt(prog: str, run: Callable[[], int], *, leaving: bool = True
             if leaving:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            sys.unraisablehook = hook
             _forwarding = None

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -165,3 +166,31 @@ def test_ctrl_c_during_gradstore_convert(sources, tmp_path, delay):
             for k in gs.keys():   # what was stored is what the sources hold
                 assert gs[k].shape == (SOURCE_NUMEL,) and np.isfinite(gs[k]).all()
         shutil.rmtree(dest)
+
+
+def test_a_ctrl_c_in_a_callback_is_not_shown_other_errors_are():
+    """Under a command, a KeyboardInterrupt Python cannot raise (in a destructor, or a C
+    library's callback as numba compiles) shows no traceback; other such errors do."""
+    code = textwrap.dedent("""
+        import gc, sys
+        from gradstore.progress import exit_on_interrupt
+
+        class Interrupted:
+            def __del__(self):
+                raise KeyboardInterrupt
+
+        class Broken:
+            def __del__(self):
+                raise ValueError("shown")
+
+        def run():
+            Interrupted()
+            Broken()
+            gc.collect()
+            return 0
+
+        sys.exit(exit_on_interrupt("t", run))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "ValueError: shown" in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr

@@ -254,16 +254,19 @@ class Runner:
 
 def run_here(fn: Callable, store, args: tuple):
     """fn(store, *args) in this process.  A Ctrl-C that lands while numba compiles or
-    loads a kernel (Python code run from inside the dispatcher's call) comes out of
-    the call as a SystemError caused by the KeyboardInterrupt: it is raised as the
+    loads a kernel (Python code run from inside the dispatcher's call, or from
+    llvmlite's callbacks) comes out of the call as another error (a SystemError
+    caused by the KeyboardInterrupt; a RuntimeError of a compile cut short, the
+    KeyboardInterrupt swallowed in a callback): it is raised as the
     KeyboardInterrupt it is, so that the command stops as on any other Ctrl-C."""
     try:
         return fn(store, *args)
-    except SystemError as exc:
+    except Exception as exc:
         cause = exc.__cause__ or exc.__context__
         while cause is not None and not isinstance(cause, KeyboardInterrupt):
             cause = cause.__cause__ or cause.__context__
-        if cause is None:
+        from ..progress import interrupt_requested
+        if cause is None and not interrupt_requested():
             raise
         raise KeyboardInterrupt from None
 

@@ -305,6 +305,24 @@ def test_a_ctrl_c_inside_a_kernel_call_is_a_ctrl_c(store, jobs, tasks):
             list(runner.imap(other, [(0,)]))
 
 
+def test_an_error_after_a_ctrl_c_is_the_ctrl_c(store, monkeypatch):
+    """A Ctrl-C swallowed inside a callback (llvmlite's, as numba compiles) leaves a
+    compile cut short, which fails with a RuntimeError of its own: once a Ctrl-C has
+    reached the command, an error out of a task is that Ctrl-C."""
+    from gradstore import progress
+    from gradstore.report.engine import Runner
+
+    def cut_short(source, i):
+        raise RuntimeError("no compiled object yet for <Library 'scan_patterns'>")
+    with gradstore.open(store) as gs:
+        with pytest.raises(RuntimeError, match="no compiled object"), Runner(gs, jobs=1) as runner:
+            list(runner.imap(cut_short, [(0,)]))
+        monkeypatch.setattr(progress, "_requested", __import__("threading").Event())
+        progress._requested.set()
+        with pytest.raises(KeyboardInterrupt), Runner(gs, jobs=1) as runner:
+            list(runner.imap(cut_short, [(0,)]))
+
+
 def test_idle_workers_are_stopped(store):
     """A worker started but given no task (this process did them all) has no
     manager thread to tell it to leave: closing the runner must stop it all the
