@@ -144,9 +144,9 @@ class Runner:
     no finished one is waiting to be collected.  A worker's server needs a
     second or so to import and load the codecs' kernels (engine.start_early);
     this process starts on the first task at once, and the workers join as
-    they come, so a run of ``-j 2`` takes two cores from its start and the
-    results' bookkeeping here runs on a core of its own.  A run of one task
-    starts no worker.
+    they come, so a run of ``-j 2`` takes two cores from its start, and the
+    results' bookkeeping here shares this process's core rather than a third
+    process's turn on two.  A run of one task starts no worker.
     """
 
     def __init__(self, store, jobs: int = 1, client=None, preload: tuple[str, ...] = ()):

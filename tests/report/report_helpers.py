@@ -33,8 +33,8 @@ def write_store(path, ranks=2, steps=3, modules=4, elements=64 * 1024, seed=3, e
     return str(path)
 
 
-def pid_after(source, seconds: float) -> int:
-    """A Runner task: which process ran it, after ``seconds``."""
+def pid_after(source, seconds: float, *tag) -> int:
+    """A Runner task: which process ran it, after ``seconds`` (``tag`` tells tasks apart)."""
     import time
     time.sleep(seconds)
     return os.getpid()

@@ -260,12 +260,11 @@ def test_this_process_works_beside_its_workers(store):
     from report_helpers import pid_after
     argsets = [(0.05, i) for i in range(60)]
     with gradstore.open(store) as gs, Runner(gs, jobs=2) as runner:
-        ran = list(runner.imap(lambda source, seconds, i: pid_after(source, seconds)
-                               if not isinstance(source, str) else None, argsets[:1]))
+        ran = list(runner.imap(pid_after, argsets[:1]))
         assert ran == [(argsets[0], os.getpid())]        # one task: no worker started
         assert runner._executor is None
-        ran = list(runner.imap(pid_after, [a[:1] for a in argsets]))
-    assert sorted(args for args, _ in ran) == sorted(a[:1] for a in argsets)
+        ran = list(runner.imap(pid_after, argsets))
+    assert sorted(args for args, _ in ran) == argsets   # each task once
     pids = [pid for _, pid in ran]
     assert pids[0] == os.getpid()
     workers = set(pids) - {os.getpid()}
@@ -309,6 +308,7 @@ def test_an_error_after_a_ctrl_c_is_the_ctrl_c(store, monkeypatch):
     """A Ctrl-C swallowed inside a callback (llvmlite's, as numba compiles) leaves a
     compile cut short, which fails with a RuntimeError of its own: once a Ctrl-C has
     reached the command, an error out of a task is that Ctrl-C."""
+    import threading
     from gradstore import progress
     from gradstore.report.engine import Runner
 
@@ -317,7 +317,7 @@ def test_an_error_after_a_ctrl_c_is_the_ctrl_c(store, monkeypatch):
     with gradstore.open(store) as gs:
         with pytest.raises(RuntimeError, match="no compiled object"), Runner(gs, jobs=1) as runner:
             list(runner.imap(cut_short, [(0,)]))
-        monkeypatch.setattr(progress, "_requested", __import__("threading").Event())
+        monkeypatch.setattr(progress, "_requested", threading.Event())
         progress._requested.set()
         with pytest.raises(KeyboardInterrupt), Runner(gs, jobs=1) as runner:
             list(runner.imap(cut_short, [(0,)]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bits import (KMAX, SIGN_BIT, SIGN_ZIGZAG, U1, add_classes, counted_values, eg_class, eg_code,
+from .bits import (KMAX, SIGN_BIT, SIGN_ZIGZAG, U1, add_classes, counted_values, eg_code,
                    group_sorted, njit, sizes_by_order, symbol_code)
 from .emit import LONG, OUT, PAIR, ZERO
 from ..stats import entropy_bits
@@ -144,20 +144,11 @@ def ranked(v, weights, by_value):
     for r in range(order.size):
         rank[order[r]] = r
     table = unique[order]
-    deltas = np.empty(table.size, dtype=np.int64)
-    classes = np.zeros((65, 65), dtype=np.int64)
-    prev = np.int64(0)
-    nonzero = 0
-    for i in range(table.size):
-        d = np.int64(table[i]) - prev
-        prev = np.int64(table[i])
-        deltas[i] = d
-        b, ones = eg_class(np.uint64(abs(d)))
-        classes[b, ones] += 1
-        nonzero += d != 0
-    sizes = sizes_by_order(classes)
+    deltas = table.astype(np.int64)
+    deltas[1:] -= deltas[:-1].copy()
+    sizes = value_sizes(np.abs(deltas).astype(np.uint64), np.ones(deltas.size, dtype=np.int64))
     k_table = np.argmin(sizes)
-    return table, rank[inverse], deltas, k_table, sizes[k_table] + nonzero
+    return table, rank[inverse], deltas, k_table, sizes[k_table] + np.count_nonzero(deltas)
 
 
 @njit
@@ -209,7 +200,7 @@ def make_plan(hist: Histogram, *, k: int | str, sign: int, remap: bool, runs: bo
 
 def fixed_codes(values: np.ndarray, k: int, sign: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Codewords (as pack_codes) of quantized ``values`` for a fixed k, no remap, no runs."""
-    _, v, signed, negative, _, _ = coded_symbols(values, values, sign, False)
+    _, v, signed, negative, _, _ = coded_symbols(values, values, sign, False)   # (no counts: weights unused)
     return pack_codes(v, signed, negative, k, -1)
 
 
